@@ -1,0 +1,1 @@
+"""Triton kernels of resnet_fast, installed as ``resnet_fast.kernels``."""

@@ -1,0 +1,81 @@
+"""Which implementation runs the fused eval convolutions.
+
+``auto``   Triton on CUDA tensors, PyTorch (oneDNN fused post-ops) on the CPU.
+``triton`` the Triton kernels on any device. CPU tensors need ``TRITON_INTERPRET=1`` set before
+           Triton is imported: that is how CI runs the kernels without a GPU.
+``torch``  PyTorch everywhere (cuDNN / oneDNN convolution followed by the epilogue).
+
+The choice comes from ``set_backend`` if it was called, else from ``RESNET_FAST_BACKEND``.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from typing import Iterator, Optional
+
+import torch
+
+BACKENDS = ("auto", "triton", "torch")
+_forced: Optional[str] = None
+
+
+def _validate(name: str, origin: str) -> str:
+    if not isinstance(name, str) or name.lower() not in BACKENDS:
+        raise ValueError(f"{origin}: expected one of {', '.join(BACKENDS)}, got {name!r}")
+    return name.lower()
+
+
+def get_backend() -> str:
+    if _forced is not None:
+        return _forced
+    return _validate(os.environ.get("RESNET_FAST_BACKEND", "auto") or "auto", "RESNET_FAST_BACKEND")
+
+
+def set_backend(name: Optional[str]) -> None:
+    """Force a backend for this process (``None`` returns to the environment variable)."""
+    global _forced
+    _forced = None if name is None else _validate(name, "set_backend")
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Temporarily force a backend: ``with resnet_fast.use_backend("torch"): ...``."""
+    global _forced
+    previous = _forced
+    set_backend(name)
+    try:
+        yield
+    finally:
+        _forced = previous
+
+
+def interpreter_enabled() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@functools.lru_cache(maxsize=None)
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+        import triton.language  # noqa: F401
+    except Exception:  # pragma: no cover - depends on the install
+        return False
+    return True
+
+
+def use_triton(device: torch.device) -> bool:
+    """Whether the Triton kernels should run for tensors on ``device``; raises when forced but impossible."""
+    backend = get_backend()
+    if backend == "torch":
+        return False
+    if backend == "auto":
+        return device.type == "cuda" and triton_available()
+    if not triton_available():
+        raise RuntimeError("backend 'triton' was forced but Triton cannot be imported")
+    if device.type != "cuda" and not interpreter_enabled():
+        raise RuntimeError(
+            f"backend 'triton' was forced for a tensor on {device}; Triton runs CPU tensors only "
+            "under its interpreter: set TRITON_INTERPRET=1 before importing resnet_fast"
+        )
+    return True

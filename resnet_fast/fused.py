@@ -1,0 +1,164 @@
+"""BatchNorm folding, the per-module fold cache, and the rules for when the fused eval path runs."""
+from __future__ import annotations
+
+import threading
+from typing import Dict, List, NamedTuple, Optional, Tuple
+
+import torch
+from torch import nn
+
+from .ops import conv2d_bias_act
+
+_CACHE_ATTR = "_resnet_fast_fold_cache"
+
+
+def _is_frozen_bn(norm: nn.Module) -> bool:
+    # torchvision.ops.FrozenBatchNorm2d without importing torchvision: buffers only, fixed statistics.
+    return type(norm).__name__ == "FrozenBatchNorm2d" and hasattr(norm, "running_var")
+
+
+def foldable(conv: nn.Module, norm: nn.Module) -> bool:
+    """Whether ``norm(conv(x))`` is an affine map of ``conv(x)`` that can be folded into the conv."""
+    if type(conv) is not nn.Conv2d or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+        return False
+    if isinstance(norm, nn.modules.batchnorm._BatchNorm):
+        # Eval BN uses running statistics only when they exist (track_running_stats=True).
+        return not norm.training and norm.running_mean is not None and norm.running_var is not None
+    return _is_frozen_bn(norm)
+
+
+def fold_bn(conv: nn.Conv2d, norm: nn.Module, dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(w', b')`` with ``conv(x, w') + b' == norm(conv(x))``; fp32 math, weight cast to ``dtype``.
+
+    The bias stays fp32: the kernels add it to their fp32 accumulator before the final cast.
+    """
+    with torch.no_grad():
+        w = conv.weight.float()
+        mean = norm.running_mean.float()
+        var = norm.running_var.float()
+        gamma = norm.weight.float() if norm.weight is not None else torch.ones_like(mean)
+        beta = norm.bias.float() if norm.bias is not None else torch.zeros_like(mean)
+        scale = gamma * torch.rsqrt(var + norm.eps)
+        weight = (w * scale.reshape(-1, 1, 1, 1)).to(dtype).contiguous(memory_format=torch.channels_last)
+        shift = conv.bias.float() - mean if conv.bias is not None else -mean
+        bias = (beta + shift * scale).contiguous()
+    return weight, bias
+
+
+class FoldedConv(NamedTuple):
+    weight: torch.Tensor
+    bias: torch.Tensor
+    stride: List[int]
+    padding: List[int]
+    dilation: List[int]
+    groups: int
+
+    def __call__(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None, relu: bool = True) -> torch.Tensor:
+        return conv2d_bias_act(x, self.weight, self.bias, residual, self.stride, self.padding, self.dilation, self.groups, relu)
+
+
+def make_folded(conv: nn.Conv2d, norm: nn.Module, dtype: torch.dtype) -> FoldedConv:
+    weight, bias = fold_bn(conv, norm, dtype)
+    return FoldedConv(weight, bias, list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups)
+
+
+def _signature(conv: nn.Conv2d, norm: nn.Module):
+    """What a fold depends on: identity, storage and version of every tensor involved, and eps.
+
+    ``_version`` catches in-place edits (optimizer steps, ``load_state_dict``'s ``copy_``);
+    the data pointer catches ``.to()`` and replaced ``.data``.
+    """
+    sig = [norm.eps]
+    for t in (conv.weight, conv.bias, norm.weight, norm.bias, norm.running_mean, norm.running_var):
+        if t is None:
+            sig.append(None)
+        else:
+            sig.append((id(t), t.data_ptr(), t._version, t.dtype, t.device))
+    return tuple(sig)
+
+
+class FoldCache:
+    """One folded ``(w', b')`` per (conv name, dtype, device), refreshed when its signature changes."""
+
+    def __init__(self) -> None:
+        self._entries: Dict[tuple, Tuple[tuple, FoldedConv]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: str, conv: nn.Conv2d, norm: nn.Module, dtype: torch.dtype) -> FoldedConv:
+        if torch.compiler.is_compiling():
+            # Traced graphs fold inline; with freezing, inductor turns the fold into constants.
+            return make_folded(conv, norm, dtype)
+        try:
+            sig = _signature(conv, norm)
+        except RuntimeError:  # inference tensors carry no version counter: fold every call
+            return make_folded(conv, norm, dtype)
+        key = (name, dtype, conv.weight.device)
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] == sig:
+            return entry[1]
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None and entry[0] == sig:
+                return entry[1]
+            folded = make_folded(conv, norm, dtype)
+            self._entries[key] = (sig, folded)
+            return folded
+
+
+def fold_cache(module: nn.Module) -> FoldCache:
+    cache = module.__dict__.get(_CACHE_ATTR)
+    if cache is None:
+        cache = module.__dict__.setdefault(_CACHE_ATTR, FoldCache())
+    return cache
+
+
+class FoldCacheMixin:
+    """For modules that keep folds: never pickled, deep-copied or carried across ``.to()``."""
+
+    def __getstate__(self):
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
+        state = dict(state)
+        state.pop(_CACHE_ATTR, None)
+        return state
+
+    def _apply(self, *args, **kwargs):
+        self.__dict__.pop(_CACHE_ATTR, None)
+        return super()._apply(*args, **kwargs)
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype the eval path computes in: autocast's when it is on for x's device, else x's."""
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type) and x.is_floating_point():
+        return torch.get_autocast_dtype(device_type)
+    return x.dtype
+
+
+def _has_hooks(module: nn.Module) -> bool:
+    return bool(
+        module._forward_hooks
+        or module._forward_pre_hooks
+        or getattr(module, "_forward_hooks_with_kwargs", None)
+    )
+
+
+def fused_allowed(module: nn.Module, x: torch.Tensor, parts) -> bool:
+    """The fused path runs in eval mode when nobody could observe the difference.
+
+    Autograd needs the unfused graph (the fused op has no backward), and forward hooks on the
+    parts that fusion skips would silently not fire: in both cases the reference path runs.
+    """
+    if module.training:
+        return False
+    if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in module.parameters())):
+        return False
+    if nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks:
+        return False
+    return not any(p is not None and _has_hooks(p) for p in parts)
+
+
+def shortcut_pair(downsample: Optional[nn.Module]):
+    """``(conv, norm)`` when the projection shortcut is ``Sequential(conv, norm)`` and foldable."""
+    if isinstance(downsample, nn.Sequential) and len(downsample) == 2 and foldable(downsample[0], downsample[1]):
+        return downsample[0], downsample[1]
+    return None

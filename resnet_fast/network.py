@@ -1,0 +1,80 @@
+"""The network body shared by the torchvision-style ``ResNet`` and the seed-style one: input checks,
+the stem (fused conv7x7+BN+ReLU in eval), the four stages, pooling and the classifier."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from . import fused
+from .ops import conv_output_size
+
+
+class ResNetBody(fused.FoldCacheMixin, nn.Module):
+    stem_norm_name = "bn1"
+    stem_pool_name = "maxpool"
+
+    def _check_input(self, x) -> None:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"expected a torch.Tensor of shape (N, C, H, W), got {type(x).__name__}")
+        if x.dim() != 4:
+            raise ValueError(
+                f"expected a 4-D input (N, C, H, W), got a {x.dim()}-D tensor of shape {tuple(x.shape)}"
+            )
+        if not x.is_floating_point():
+            raise TypeError(f"expected a floating-point input (float32, float16 or bfloat16), got {x.dtype}")
+        conv = self.conv1
+        if x.shape[1] != conv.in_channels:
+            raise ValueError(
+                f"expected {conv.in_channels} input channels, got {x.shape[1]} (input shape {tuple(x.shape)})"
+            )
+        weight = conv.weight
+        if x.device != weight.device:
+            raise ValueError(f"input is on {x.device} but the model is on {weight.device}; move one with .to()")
+        if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(
+                f"input dtype {x.dtype} does not match the model's dtype {weight.dtype}; "
+                f"convert the model with .to({x.dtype}) or run under torch.autocast"
+            )
+        self._check_spatial(x)
+
+    def _check_spatial(self, x: Tensor) -> None:
+        conv = self.conv1
+        pool = getattr(self, self.stem_pool_name)
+        h, w = x.shape[-2:]
+        sizes = []
+        for i, size in enumerate((h, w)):
+            out = conv_output_size(size, conv.kernel_size[i], conv.stride[i], conv.padding[i], conv.dilation[i])
+            if isinstance(pool, nn.MaxPool2d) and out > 0:
+                k, s, p, d = (v if isinstance(v, int) else v[i] for v in (pool.kernel_size, pool.stride, pool.padding, pool.dilation))
+                out = conv_output_size(out, k, s, p, d)
+            sizes.append(out)
+        if min(sizes) <= 0:
+            raise ValueError(
+                f"input spatial size {h}x{w} is too small for the stem (conv {conv.kernel_size[0]}x{conv.kernel_size[1]} "
+                f"stride {conv.stride[0]}, then max-pool): it would produce {sizes[0]}x{sizes[1]}; need at least 1x1"
+            )
+
+    def _stem(self, x: Tensor) -> Tensor:
+        norm = getattr(self, self.stem_norm_name)
+        parts = (self.conv1, norm, self.relu)
+        if type(self.relu) is nn.ReLU and fused.fused_allowed(self, x, parts) and fused.foldable(self.conv1, norm):
+            dtype = fused.compute_dtype(x)
+            # The one layout conversion of the eval path: everything after stays channels_last.
+            x = x.to(dtype=dtype, memory_format=torch.channels_last)
+            return fused.fold_cache(self).get("conv1", self.conv1, norm, dtype)(x, relu=True)
+        return self.relu(norm(self.conv1(x)))
+
+    def _forward_impl(self, x: Tensor) -> Tensor:
+        self._check_input(x)
+        x = self._stem(x)
+        x = getattr(self, self.stem_pool_name)(x)
+        x = self.layer1(x)
+        x = self.layer2(x)
+        x = self.layer3(x)
+        x = self.layer4(x)
+        x = self.avgpool(x)
+        x = torch.flatten(x, 1)
+        return self.fc(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._forward_impl(x)

@@ -1,0 +1,259 @@
+"""The ``resnet_fast`` torch ops: schemas, device kernels, fake kernels and autograd.
+
+``add_relu`` / ``add_relu_``  ``relu(self + other)``: the residual join of train mode and of any eval
+                              layer whose epilogue is not fused. Schemas and CPU/CUDA kernels come
+                              from the compiled extension (csrc/); when it is unavailable the same
+                              schemas are defined here with a PyTorch body.
+``conv2d_bias_act``           ``relu?(conv2d(x, weight) + bias + residual)`` for folded conv+BN:
+                              Triton on CUDA (or anywhere when forced), oneDNN/PyTorch otherwise.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from . import _extension, backend
+
+ADD_RELU_SCHEMA = "add_relu(Tensor self, Tensor other) -> Tensor"
+ADD_RELU_INPLACE_SCHEMA = "add_relu_(Tensor(a!) self, Tensor other) -> Tensor(a!)"
+CONV_SCHEMA = (
+    "conv2d_bias_act(Tensor x, Tensor weight, Tensor bias, Tensor? residual, int[2] stride, "
+    "int[2] padding, int[2] dilation, int groups, bool relu) -> Tensor"
+)
+
+# Extension first: its TORCH_LIBRARY block owns the namespace; everything below is a fragment.
+EXTENSION_LOADED = _extension.load()
+_lib = torch.library.Library("resnet_fast", "FRAGMENT")
+
+
+# --------------------------------------------------------------------------------------------
+# add_relu
+# --------------------------------------------------------------------------------------------
+def _check_add_relu(a: torch.Tensor, b: torch.Tensor, name: str) -> None:
+    # The same checks, with the same wording, as csrc/add_relu.cpp.
+    if a.shape != b.shape:
+        raise RuntimeError(f"{name}: shape mismatch, self is {list(a.shape)} but other is {list(b.shape)}")
+    if a.dtype != b.dtype:
+        raise RuntimeError(f"{name}: dtype mismatch, self is {a.dtype} but other is {b.dtype}")
+    if a.device != b.device:
+        raise RuntimeError(f"{name}: device mismatch, self is on {a.device} but other is on {b.device}")
+    if not a.is_floating_point():
+        raise RuntimeError(f"{name}: expected a floating-point dtype, got {a.dtype}")
+
+
+def _byte_range(t: torch.Tensor):
+    if t.numel() == 0:
+        return 0, 0
+    lo = hi = t.storage_offset()
+    for size, stride in zip(t.shape, t.stride()):
+        extent = (size - 1) * stride
+        lo, hi = (lo + extent, hi) if extent < 0 else (lo, hi + extent)
+    item = t.element_size()
+    return lo * item, (hi + 1) * item
+
+
+def _overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Conservative: any shared byte range between the two views counts as overlap."""
+    if a.numel() == 0 or b.numel() == 0:
+        return False
+    if a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr():
+        return False
+    a_lo, a_hi = _byte_range(a)
+    b_lo, b_hi = _byte_range(b)
+    return a_lo < b_hi and b_lo < a_hi
+
+
+def _add_relu_torch(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    _check_add_relu(a, b, "resnet_fast::add_relu")
+    return torch.add(a, b).relu_()
+
+
+def _add_relu_inplace_torch(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    _check_add_relu(a, b, "resnet_fast::add_relu_")
+    if _overlaps(a, b):
+        raise RuntimeError("resnet_fast::add_relu_: other overlaps self in memory; pass a separate tensor")
+    return a.add_(b).relu_()
+
+
+if not EXTENSION_LOADED:
+    _lib.define(ADD_RELU_SCHEMA)
+    _lib.define(ADD_RELU_INPLACE_SCHEMA)
+for _key in ("CPU", "CUDA"):
+    if not torch._C._dispatch_has_kernel_for_dispatch_key("resnet_fast::add_relu", _key):
+        _lib.impl("add_relu", _add_relu_torch, _key)
+        _lib.impl("add_relu_", _add_relu_inplace_torch, _key)
+
+
+@torch.library.register_fake("resnet_fast::add_relu")
+def _add_relu_fake(a, b):
+    _check_add_relu(a, b, "resnet_fast::add_relu")
+    return torch.empty_like(a)
+
+
+@torch.library.register_fake("resnet_fast::add_relu_")
+def _add_relu_inplace_fake(a, b):
+    _check_add_relu(a, b, "resnet_fast::add_relu_")
+    return a
+
+
+def _add_relu_setup(ctx, inputs, output):
+    ctx.save_for_backward(output)
+
+
+def _add_relu_backward(ctx, grad):
+    (out,) = ctx.saved_tensors
+    g = grad * (out > 0)
+    return g, g
+
+
+torch.library.register_autograd("resnet_fast::add_relu", _add_relu_backward, setup_context=_add_relu_setup)
+
+
+class _AddReluInplace(torch.autograd.Function):
+    # register_autograd refuses mutable ops, so the in-place op gets an autograd.Function that marks
+    # ``self`` dirty, as torch's own ``add_`` + ``relu_`` pair does.
+    @staticmethod
+    def forward(ctx, a, b):
+        with torch._C._AutoDispatchBelowAutograd():
+            torch.ops.resnet_fast.add_relu_(a, b)
+        ctx.mark_dirty(a)
+        ctx.save_for_backward(a)
+        return a
+
+    @staticmethod
+    def backward(ctx, grad):
+        (out,) = ctx.saved_tensors
+        g = grad * (out > 0)
+        return g, g
+
+
+def _add_relu_inplace_autograd(a, b):
+    return _AddReluInplace.apply(a, b)
+
+
+_lib.impl("add_relu_", _add_relu_inplace_autograd, "Autograd")
+
+
+def add_relu(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``relu(a + b)`` as a new tensor."""
+    return torch.ops.resnet_fast.add_relu(a, b)
+
+
+def residual_add_relu(out: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
+    """The residual join ``out += identity; relu_(out)`` of every block that does not fuse it."""
+    if identity.dtype != out.dtype:  # autocast can leave the shortcut in another dtype
+        identity = identity.to(out.dtype)
+    return torch.ops.resnet_fast.add_relu_(out, identity)
+
+
+# --------------------------------------------------------------------------------------------
+# conv2d_bias_act
+# --------------------------------------------------------------------------------------------
+_lib.define(CONV_SCHEMA)
+
+
+def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def _check_conv(x, weight, bias, residual, stride, padding, dilation, groups) -> List[int]:
+    name = "resnet_fast::conv2d_bias_act"
+    if x.dim() != 4 or weight.dim() != 4:
+        raise RuntimeError(f"{name}: expected 4-D x and weight, got x {list(x.shape)} and weight {list(weight.shape)}")
+    if len(stride) != 2 or len(padding) != 2 or len(dilation) != 2:
+        raise RuntimeError(f"{name}: stride, padding and dilation must have 2 elements each")
+    n, c, h, w = x.shape
+    oc, cg, kh, kw = weight.shape
+    if groups < 1 or c != cg * groups or oc % groups:
+        raise RuntimeError(
+            f"{name}: x has {c} channels, weight {list(weight.shape)} with groups={groups} expects {cg * groups}"
+        )
+    if bias.shape != (oc,):
+        raise RuntimeError(f"{name}: expected bias of shape [{oc}], got {list(bias.shape)}")
+    if not x.is_floating_point() or x.dtype != weight.dtype:
+        raise RuntimeError(f"{name}: x ({x.dtype}) and weight ({weight.dtype}) must share one floating dtype")
+    if x.device != weight.device or x.device != bias.device:
+        raise RuntimeError(f"{name}: x, weight and bias must be on one device, got {x.device}, {weight.device}, {bias.device}")
+    oh = conv_output_size(h, kh, stride[0], padding[0], dilation[0])
+    ow = conv_output_size(w, kw, stride[1], padding[1], dilation[1])
+    if oh <= 0 or ow <= 0:
+        raise RuntimeError(f"{name}: input {h}x{w} is too small for a {kh}x{kw} kernel (output {oh}x{ow})")
+    out_shape = [n, oc, oh, ow]
+    if residual is not None:
+        if list(residual.shape) != out_shape:
+            raise RuntimeError(f"{name}: residual must have the output shape {out_shape}, got {list(residual.shape)}")
+        if residual.device != x.device:
+            raise RuntimeError(f"{name}: residual is on {residual.device}, x on {x.device}")
+    return out_shape
+
+
+def _mkldnn_dtype_ok(dtype: torch.dtype) -> bool:
+    if dtype == torch.float32:
+        return True
+    if dtype == torch.bfloat16:
+        return torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    if dtype == torch.float16:
+        return torch.ops.mkldnn._is_mkldnn_fp16_supported()
+    return False
+
+
+_HAS_MKLDNN_POINTWISE = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+
+
+def _conv2d_bias_act_torch(x, weight, bias, residual, stride, padding, dilation, groups, relu):
+    """PyTorch body: oneDNN's fused conv (+add)(+relu) on the CPU, else conv followed by the epilogue."""
+    if bias.dtype != x.dtype:
+        bias = bias.to(x.dtype)
+    if residual is not None and residual.dtype != x.dtype:
+        residual = residual.to(x.dtype)
+    if x.device.type == "cpu" and _HAS_MKLDNN_POINTWISE and _mkldnn_dtype_ok(x.dtype) and x.numel() > 0:
+        if residual is None:
+            return torch.ops.mkldnn._convolution_pointwise(
+                x, weight, bias, padding, stride, dilation, groups, "relu" if relu else "none", [], ""
+            )
+        return torch.ops.mkldnn._convolution_pointwise.binary(
+            x, residual, weight, bias, padding, stride, dilation, groups, "add", None, "relu" if relu else None, [], ""
+        )
+    y = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+    if residual is not None:
+        y = y.add_(residual)
+    return y.relu_() if relu else y
+
+
+def _conv2d_bias_act_impl(x, weight, bias, residual, stride, padding, dilation, groups, relu):
+    _check_conv(x, weight, bias, residual, stride, padding, dilation, groups)
+    x = x.contiguous(memory_format=torch.channels_last)
+    if backend.use_triton(x.device):
+        from .kernels import conv as triton_conv
+
+        return triton_conv.conv2d_bias_act(x, weight, bias, residual, stride, padding, dilation, groups, relu)
+    return _conv2d_bias_act_torch(x, weight, bias, residual, stride, padding, dilation, groups, relu)
+
+
+_lib.impl("conv2d_bias_act", _conv2d_bias_act_impl, "CPU")
+_lib.impl("conv2d_bias_act", _conv2d_bias_act_impl, "CUDA")
+
+
+@torch.library.register_fake("resnet_fast::conv2d_bias_act")
+def _conv2d_bias_act_fake(x, weight, bias, residual, stride, padding, dilation, groups, relu):
+    out_shape = _check_conv(x, weight, bias, residual, stride, padding, dilation, groups)
+    return x.new_empty(out_shape).contiguous(memory_format=torch.channels_last)
+
+
+def conv2d_bias_act(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    residual: Optional[torch.Tensor] = None,
+    stride: Sequence[int] = (1, 1),
+    padding: Sequence[int] = (0, 0),
+    dilation: Sequence[int] = (1, 1),
+    groups: int = 1,
+    relu: bool = True,
+) -> torch.Tensor:
+    """``relu?(conv2d(x, weight) + bias + residual)`` through ``torch.ops.resnet_fast.conv2d_bias_act``."""
+    return torch.ops.resnet_fast.conv2d_bias_act(
+        x, weight, bias, residual, list(stride), list(padding), list(dilation), groups, relu
+    )
