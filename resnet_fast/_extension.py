@@ -6,7 +6,9 @@ source checkout's ``csrc/``, else one warning and the PyTorch implementation of 
 from __future__ import annotations
 
 import glob
+import importlib
 import os
+import platform
 import warnings
 from typing import Optional
 
@@ -30,10 +32,13 @@ def _jit_build() -> None:
     sources = sorted(glob.glob(os.path.join(src, "*.cpp")))
     # The JIT build is CPU-only: a CUDA build needs nvcc and minutes of compile time, which belongs
     # to setup.py. On a GPU machine without the AOT build the CUDA add_relu falls back to PyTorch.
+    flags = ["-O3"]
+    if platform.machine() in ("x86_64", "AMD64"):
+        flags += ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
     cpp_extension.load(
         name="resnet_fast_C_jit",
         sources=sources,
-        extra_cflags=["-O3"],
+        extra_cflags=flags,
         is_python_module=False,
         verbose=False,
     )
@@ -44,17 +49,21 @@ def load() -> bool:
     global _status, _loaded
     if _status is not None:
         return _loaded
-    if os.environ.get("RESNET_FAST_NO_EXTENSION") == "1":
-        _status = "disabled by RESNET_FAST_NO_EXTENSION=1"
+    mode = os.environ.get("RESNET_FAST_EXTENSION", "auto").lower()
+    if mode not in ("auto", "jit", "none"):
+        raise ValueError(f"RESNET_FAST_EXTENSION: expected auto, jit or none, got {mode!r}")
+    if mode == "none":
+        _status = "disabled by RESNET_FAST_EXTENSION=none (PyTorch implementation)"
         return False
-    try:
-        from resnet_fast import _C  # noqa: F401
-
-        _loaded = True
-        _status = f"compiled ({'CUDA + CPU' if getattr(_C, 'WITH_CUDA', False) else 'CPU only'})"
-        return True
-    except ImportError as aot_error:
-        aot_reason = str(aot_error)
+    aot_reason = "skipped: RESNET_FAST_EXTENSION=jit"
+    if mode == "auto":
+        try:
+            _C = importlib.import_module("resnet_fast._C")
+            _loaded = True
+            _status = f"compiled ({'CUDA + CPU' if getattr(_C, 'WITH_CUDA', False) else 'CPU only'})"
+            return True
+        except ImportError as aot_error:
+            aot_reason = str(aot_error)
     try:
         _jit_build()
         _loaded = True
@@ -80,8 +89,7 @@ def has_cuda_kernels() -> bool:
     if not load():
         return False
     try:
-        from resnet_fast import _C
-
+        _C = importlib.import_module("resnet_fast._C")
         return bool(getattr(_C, "WITH_CUDA", False))
     except ImportError:
         return False

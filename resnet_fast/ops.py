@@ -102,9 +102,15 @@ def _add_relu_setup(ctx, inputs, output):
     ctx.save_for_backward(output)
 
 
+def _relu_grad(grad: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    # grad * (out > 0), computed by the very kernel torch's relu backward uses, so that train mode
+    # stays bit-identical to torchvision (same values and same memory layout downstream).
+    return torch.ops.aten.threshold_backward(grad, out, 0)
+
+
 def _add_relu_backward(ctx, grad):
     (out,) = ctx.saved_tensors
-    g = grad * (out > 0)
+    g = _relu_grad(grad, out)
     return g, g
 
 
@@ -125,7 +131,7 @@ class _AddReluInplace(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (out,) = ctx.saved_tensors
-        g = grad * (out > 0)
+        g = _relu_grad(grad, out)
         return g, g
 
 

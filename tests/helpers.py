@@ -1,0 +1,50 @@
+"""Shared test helpers: trained-looking BN statistics, float64 references, relative error."""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+
+def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every norm layer statistics and affine parameters that look trained.
+
+    Fresh BN (mean 0, var 1, gamma 1, beta 0) makes folding a near no-op and hides its bugs.
+    """
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                c = m.num_features
+                m.running_mean.copy_(torch.randn(c, generator=g) * 0.3)
+                m.running_var.copy_(torch.rand(c, generator=g) * 1.5 + 0.4)
+                if m.weight is not None:
+                    m.weight.copy_(torch.rand(c, generator=g) * 0.8 + 0.6)
+                    m.bias.copy_(torch.randn(c, generator=g) * 0.2)
+            elif isinstance(m, nn.Conv2d) and m.bias is not None:
+                m.bias.copy_(torch.randn(m.out_channels, generator=g) * 0.1)
+    return model
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    out = out.detach().to(torch.float64).cpu()
+    ref = ref.detach().to(torch.float64).cpu()
+    return (torch.linalg.vector_norm(out - ref) / torch.linalg.vector_norm(ref)).item()
+
+
+def float64_reference(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The same network run in float64 on the CPU, NCHW."""
+    ref = copy.deepcopy(model).to(device="cpu", dtype=torch.float64)
+    with torch.no_grad():
+        return ref(x.detach().to(device="cpu", dtype=torch.float64).contiguous())
+
+
+def trained_pair(tv_factory, fast_factory, seed=0, **kwargs):
+    """A torchvision model and a resnet_fast model with the same (trained-looking) weights, eval mode."""
+    torch.manual_seed(seed)
+    tv = tv_factory(**kwargs)
+    randomize_bn(tv, seed)
+    fast = fast_factory(**kwargs)
+    fast.load_state_dict(tv.state_dict())
+    return tv.eval(), fast.eval()

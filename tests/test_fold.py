@@ -1,0 +1,147 @@
+"""BN folding: the math against float64, and that no fold ever goes stale."""
+import copy
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import resnet_fast
+from helpers import float64_reference, randomize_bn, rel_err
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_fold_bn_matches_float64(bias):
+    conv = nn.Conv2d(13, 22, 3, stride=2, padding=1, bias=bias)
+    bn = nn.BatchNorm2d(22, eps=1e-3)
+    randomize_bn(nn.Sequential(conv, bn), 4)
+    bn.eval()
+    w, b = resnet_fast.fold_bn(conv, bn, torch.float32)
+    assert b.dtype == torch.float32 and w.is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(3, 13, 29, 31, dtype=torch.float64)
+    with torch.no_grad():
+        ref = copy.deepcopy(nn.Sequential(conv, bn)).double()(x)
+        out = torch.nn.functional.conv2d(x, w.double(), b.double(), stride=2, padding=1)
+    assert rel_err(out, ref) < 1e-6
+
+
+@pytest.fixture
+def model_and_input():
+    torch.manual_seed(0)
+    m = resnet_fast.resnet18(num_classes=10)
+    randomize_bn(m, 1)
+    return m.eval(), torch.randn(2, 3, 41, 37)
+
+
+def _check_fresh(model, x):
+    ref = float64_reference(model, x)  # the reference recomputes from the current weights
+    with torch.no_grad():
+        assert rel_err(model(x), ref) < 1e-4
+
+
+def test_inplace_edit_of_weight_and_running_stats(model_and_input):
+    m, x = model_and_input
+    _check_fresh(m, x)
+    with torch.no_grad():
+        m.layer1[0].conv1.weight.mul_(1.7)
+    _check_fresh(m, x)
+    with torch.no_grad():
+        m.layer2[0].bn2.running_var.mul_(3.0)
+        m.bn1.running_mean.add_(0.5)
+        m.layer3[0].downsample[1].bias.add_(0.25)
+    _check_fresh(m, x)
+
+
+def test_optimizer_step(model_and_input):
+    m, x = model_and_input
+    _check_fresh(m, x)
+    opt = torch.optim.SGD(m.parameters(), lr=0.5)
+    m.train()
+    m(torch.randn(4, 3, 41, 37)).sum().backward()  # also moves the running statistics
+    opt.step()
+    m.eval()
+    _check_fresh(m, x)
+
+
+def test_load_state_dict(model_and_input):
+    m, x = model_and_input
+    _check_fresh(m, x)
+    other = resnet_fast.resnet18(num_classes=10)
+    randomize_bn(other, 99)
+    m.load_state_dict(other.state_dict())
+    _check_fresh(m, x)
+
+
+def test_to_dtype_and_back(model_and_input):
+    m, x = model_and_input
+    _check_fresh(m, x)
+    m.to(torch.float64)
+    with torch.no_grad():
+        out64 = m(x.double())
+    assert out64.dtype == torch.float64
+    m.to(torch.float32)
+    with torch.no_grad():
+        m.fc.weight.mul_(2)
+        m.layer4[1].bn2.weight.mul_(-1)
+    _check_fresh(m, x)
+
+
+def test_replaced_parameter_and_eps(model_and_input):
+    m, x = model_and_input
+    _check_fresh(m, x)
+    m.layer1[1].conv2.weight = nn.Parameter(torch.randn_like(m.layer1[1].conv2.weight) * 0.05)
+    _check_fresh(m, x)
+    m.layer2[1].bn1.eps = 0.5
+    _check_fresh(m, x)
+
+
+def test_cache_not_in_state_dict_or_pickle(model_and_input, tmp_path):
+    m, x = model_and_input
+    with torch.no_grad():
+        m(x)
+    keys = set(m.state_dict())
+    assert not any("fold" in k for k in keys)
+    assert "_resnet_fast_fold_cache" in m.layer1[0].__dict__
+    clone = copy.deepcopy(m)
+    assert "_resnet_fast_fold_cache" not in clone.layer1[0].__dict__
+    torch.save(m, tmp_path / "m.pt")
+    loaded = torch.load(tmp_path / "m.pt", weights_only=False)
+    assert "_resnet_fast_fold_cache" not in loaded.layer1[0].__dict__
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), m(x), rtol=0, atol=0)
+
+
+def test_frozen_batchnorm_and_unfoldable_norms_still_correct():
+    from torchvision.ops import FrozenBatchNorm2d
+
+    torch.manual_seed(2)
+    tv = torchvision.models.resnet18(norm_layer=FrozenBatchNorm2d)
+    fast = resnet_fast.resnet18(norm_layer=FrozenBatchNorm2d)
+    g = torch.Generator().manual_seed(0)
+    for m in tv.modules():
+        if isinstance(m, FrozenBatchNorm2d):
+            m.running_var.uniform_(0.5, 2, generator=g)
+            m.weight.uniform_(0.5, 1.5, generator=g)
+    fast.load_state_dict(tv.state_dict())
+    x = torch.randn(2, 3, 45, 39)
+    ref = float64_reference(tv.eval(), x)
+    with torch.no_grad():
+        assert rel_err(fast.eval()(x), ref) < 1e-4
+
+    # GroupNorm cannot be folded: the reference path runs, with the same result as torchvision.
+    torch.manual_seed(2)
+    tv = torchvision.models.resnet18(norm_layer=lambda c: nn.GroupNorm(4, c))
+    torch.manual_seed(2)
+    fast = resnet_fast.resnet18(norm_layer=lambda c: nn.GroupNorm(4, c))
+    with torch.no_grad():
+        assert rel_err(fast.eval()(x), tv.eval()(x)) < 1e-5
+
+
+def test_forward_hooks_on_inner_modules_still_fire():
+    torch.manual_seed(0)
+    m = resnet_fast.resnet18().eval()
+    seen = []
+    m.layer2[0].bn1.register_forward_hook(lambda mod, i, o: seen.append(o.shape))
+    with torch.no_grad():
+        m(torch.randn(1, 3, 64, 64))
+    assert seen == [torch.Size([1, 128, 8, 8])]
