@@ -57,8 +57,7 @@ class ResidualBlock(fused.FoldCacheMixin, nn.Module):
         dtype = fused.compute_dtype(x)
         if x.dtype != dtype:
             x = x.to(dtype)
-        cache = fused.fold_cache(self)
-        folds = [cache.get(c, conv, norm, dtype) for (c, _), (conv, norm) in zip(self.stages, self._stage_modules())]
+        folds = [fused.folded(self, c, conv, norm, dtype) for (c, _), (conv, norm) in zip(self.stages, self._stage_modules())]
         out = x
         for f in folds[:-1]:
             out = f(out, relu=True)
@@ -68,7 +67,7 @@ class ResidualBlock(fused.FoldCacheMixin, nn.Module):
         else:
             pair = fused.shortcut_pair(shortcut)
             if pair is not None:
-                identity = cache.get(self.shortcut_name, pair[0], pair[1], dtype)(x, relu=False)
+                identity = fused.folded(self, self.shortcut_name, pair[0], pair[1], dtype)(x, relu=False)
             else:  # an arbitrary shortcut module still runs, only its output joins the epilogue
                 identity = shortcut(x)
         return folds[-1](out, residual=identity, relu=True)

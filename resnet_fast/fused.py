@@ -85,9 +85,6 @@ class FoldCache:
         self._lock = threading.Lock()
 
     def get(self, name: str, conv: nn.Conv2d, norm: nn.Module, dtype: torch.dtype) -> FoldedConv:
-        if torch.compiler.is_compiling():
-            # Traced graphs fold inline; with freezing, inductor turns the fold into constants.
-            return make_folded(conv, norm, dtype)
         try:
             sig = _signature(conv, norm)
         except RuntimeError:  # inference tensors carry no version counter: fold every call
@@ -110,6 +107,14 @@ def fold_cache(module: nn.Module) -> FoldCache:
     if cache is None:
         cache = module.__dict__.setdefault(_CACHE_ATTR, FoldCache())
     return cache
+
+
+def folded(module: nn.Module, name: str, conv: nn.Conv2d, norm: nn.Module, dtype: torch.dtype) -> FoldedConv:
+    """The fold of ``norm(conv(.))`` for ``module``'s submodule ``name``, cached unless tracing."""
+    if torch.compiler.is_compiling():
+        # Traced graphs fold inline; with freezing, inductor turns the fold into constants.
+        return make_folded(conv, norm, dtype)
+    return fold_cache(module).get(name, conv, norm, dtype)
 
 
 class FoldCacheMixin:

@@ -61,7 +61,7 @@ class ResNetBody(fused.FoldCacheMixin, nn.Module):
             dtype = fused.compute_dtype(x)
             # The one layout conversion of the eval path: everything after stays channels_last.
             x = x.to(dtype=dtype, memory_format=torch.channels_last)
-            return fused.fold_cache(self).get("conv1", self.conv1, norm, dtype)(x, relu=True)
+            return fused.folded(self, "conv1", self.conv1, norm, dtype)(x, relu=True)
         return self.relu(norm(self.conv1(x)))
 
     def _forward_impl(self, x: Tensor) -> Tensor:

@@ -1,0 +1,151 @@
+"""torch.compile, DistributedDataParallel (gloo), SyncBatchNorm, deepcopy, save/load, threads."""
+import copy
+import os
+import threading
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+import resnet_fast
+from helpers import float64_reference, randomize_bn, rel_err
+
+
+def _model(seed=0, **kwargs):
+    torch.manual_seed(seed)
+    m = resnet_fast.resnet18(num_classes=6, **kwargs)
+    return randomize_bn(m, seed + 1)
+
+
+@pytest.mark.slow
+def test_torch_compile_eval():
+    m = _model().eval()
+    x = torch.randn(2, 3, 45, 51)
+    ref = float64_reference(m, x)
+    compiled = torch.compile(m, fullgraph=True)  # fullgraph: a graph break is an error
+    with torch.no_grad():
+        out = compiled(x)
+    assert rel_err(out, ref) < 1e-4
+
+
+def test_ops_trace_with_fake_tensors():
+    # The fake kernels give shapes and layouts without running anything: what compile relies on.
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        x = torch.empty(2, 8, 11, 13).contiguous(memory_format=torch.channels_last)
+        w = torch.empty(16, 8, 3, 3)
+        y = torch.ops.resnet_fast.conv2d_bias_act(x, w, torch.empty(16), None, [2, 2], [1, 1], [1, 1], 1, True)
+        assert y.shape == (2, 16, 6, 7) and y.is_contiguous(memory_format=torch.channels_last)
+        z = torch.ops.resnet_fast.add_relu(y, y)
+        assert z.shape == y.shape
+
+
+def test_deepcopy_and_save_load(tmp_path):
+    m = _model().eval()
+    x = torch.randn(2, 3, 37, 41)
+    with torch.no_grad():
+        expected = m(x)
+    clone = copy.deepcopy(m)
+    with torch.no_grad():
+        clone.fc.weight.mul_(0)  # the clone is independent of the original
+        assert torch.equal(m(x), expected)
+    torch.save(m.state_dict(), tmp_path / "sd.pt")
+    fresh = _model(seed=9).eval()
+    fresh.load_state_dict(torch.load(tmp_path / "sd.pt", weights_only=True))
+    with torch.no_grad():
+        assert torch.equal(fresh(x), expected)
+    torch.save(m, tmp_path / "whole.pt")
+    whole = torch.load(tmp_path / "whole.pt", weights_only=False)
+    with torch.no_grad():
+        assert torch.equal(whole(x), expected)
+
+
+def test_sync_batchnorm_conversion():
+    m = _model()
+    x = torch.randn(3, 3, 39, 33)
+    sync = nn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(m))
+    assert any(isinstance(s, nn.SyncBatchNorm) for s in sync.modules())
+    m.eval(), sync.eval()
+    ref = float64_reference(m, x)
+    with torch.no_grad():
+        assert rel_err(sync(x), ref) < 1e-4
+    # Train mode without a process group: SyncBatchNorm acts as BatchNorm.
+    m.train(), sync.train()
+    assert rel_err(sync(x), m(x)) < 1e-5
+
+
+def test_threads_share_one_eval_model():
+    m = _model().eval()
+    inputs = [torch.randn(2, 3, 33 + i, 35) for i in range(8)]
+    with torch.no_grad():
+        serial = [m(x) for x in inputs]
+    m2 = _model().eval()  # a cold model: the threads race to build the fold cache
+    results = [None] * len(inputs)
+    errors = []
+
+    def work(i):
+        try:
+            with torch.no_grad():
+                results[i] = m2(inputs[i])
+        except Exception as e:  # pragma: no cover - surfaced below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(inputs))]
+    for t in threads[:4]:
+        t.start()
+    for t in threads[:4]:
+        t.join()
+    for t in threads[4:]:
+        t.start()
+    for t in threads[4:]:
+        t.join()
+    assert not errors
+    for a, b in zip(serial, results):
+        assert torch.equal(a, b)
+
+
+def _ddp_worker(rank, world, init_file, x, target, state, out_dir, train_mode):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    m = resnet_fast.resnet18(num_classes=6)
+    m.load_state_dict(state)
+    m.train(train_mode)
+    ddp = nn.parallel.DistributedDataParallel(m)
+    shard = x.chunk(world)[rank]
+    loss = nn.functional.cross_entropy(ddp(shard), target.chunk(world)[rank])
+    loss.backward()
+    if rank == 0:
+        torch.save({n: p.grad for n, p in m.named_parameters()}, os.path.join(out_dir, "grads.pt"))
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("train_mode", [True, False], ids=["train", "frozen_bn"])
+def test_ddp_gloo_two_processes(tmp_path, train_mode):
+    m = _model()
+    state = m.state_dict()
+    x = torch.randn(4, 3, 41, 43)
+    target = torch.randint(0, 6, (4,))
+    mp.start_processes(
+        _ddp_worker,
+        args=(2, str(tmp_path / "init"), x, target, state, str(tmp_path), train_mode),
+        nprocs=2,
+        join=True,
+        start_method="spawn",
+    )
+    grads = torch.load(tmp_path / "grads.pt", weights_only=True)
+    ref = _model()
+    ref.train(train_mode)
+    if train_mode:
+        # BN uses per-process batch statistics, so the single-process equivalent is the average of
+        # the two half-batch gradients (what DDP's all-reduce computes).
+        for xs, ts in zip(x.chunk(2), target.chunk(2)):
+            (nn.functional.cross_entropy(ref(xs), ts) / 2).backward()
+    else:
+        # Frozen BN (eval statistics): exactly one process on the full batch.
+        nn.functional.cross_entropy(ref(x), target).backward()
+    for n, p in ref.named_parameters():
+        assert rel_err(grads[n], p.grad) < 1e-4, n
