@@ -79,3 +79,11 @@ def use_triton(device: torch.device) -> bool:
             "under its interpreter: set TRITON_INTERPRET=1 before importing resnet_fast"
         )
     return True
+
+
+def prefers_triton(device: torch.device) -> bool:
+    """Like ``use_triton`` but never raises: for choices (such as a weight layout) made ahead of a call."""
+    try:
+        return use_triton(device)
+    except RuntimeError:
+        return False

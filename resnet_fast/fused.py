@@ -7,6 +7,7 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 import torch
 from torch import nn
 
+from . import backend
 from .ops import conv2d_bias_act
 
 _CACHE_ATTR = "_resnet_fast_fold_cache"
@@ -27,11 +28,23 @@ def foldable(conv: nn.Module, norm: nn.Module) -> bool:
     return _is_frozen_bn(norm)
 
 
-def fold_bn(conv: nn.Conv2d, norm: nn.Module, dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
+def to_oc_last(weight: torch.Tensor) -> torch.Tensor:
+    """The same OIHW tensor stored output-channel-innermost (memory [KH, KW, C/groups, OC])."""
+    return weight.permute(2, 3, 1, 0).contiguous().permute(3, 2, 0, 1)
+
+
+def fold_bn(
+    conv: nn.Conv2d, norm: nn.Module, dtype: torch.dtype, layout: str = "channels_last"
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """``(w', b')`` with ``conv(x, w') + b' == norm(conv(x))``; fp32 math, weight cast to ``dtype``.
 
     The bias stays fp32: the kernels add it to their fp32 accumulator before the final cast.
+    ``layout`` is the weight's memory order, its shape is always OIHW: ``channels_last`` (what
+    oneDNN and cuDNN want) or ``oc_last`` (output channels innermost: coalesced loads of the
+    weight tiles in the Triton kernel).
     """
+    if layout not in ("channels_last", "oc_last"):
+        raise ValueError(f"layout: expected 'channels_last' or 'oc_last', got {layout!r}")
     with torch.no_grad():
         w = conv.weight.float()
         mean = norm.running_mean.float()
@@ -39,7 +52,11 @@ def fold_bn(conv: nn.Conv2d, norm: nn.Module, dtype: torch.dtype) -> Tuple[torch
         gamma = norm.weight.float() if norm.weight is not None else torch.ones_like(mean)
         beta = norm.bias.float() if norm.bias is not None else torch.zeros_like(mean)
         scale = gamma * torch.rsqrt(var + norm.eps)
-        weight = (w * scale.reshape(-1, 1, 1, 1)).to(dtype).contiguous(memory_format=torch.channels_last)
+        weight = (w * scale.reshape(-1, 1, 1, 1)).to(dtype)
+        if layout == "oc_last":
+            weight = to_oc_last(weight)
+        else:
+            weight = weight.contiguous(memory_format=torch.channels_last)
         shift = conv.bias.float() - mean if conv.bias is not None else -mean
         bias = (beta + shift * scale).contiguous()
     return weight, bias
@@ -57,8 +74,12 @@ class FoldedConv(NamedTuple):
         return conv2d_bias_act(x, self.weight, self.bias, residual, self.stride, self.padding, self.dilation, self.groups, relu)
 
 
+def weight_layout(device: torch.device) -> str:
+    return "oc_last" if backend.prefers_triton(device) else "channels_last"
+
+
 def make_folded(conv: nn.Conv2d, norm: nn.Module, dtype: torch.dtype) -> FoldedConv:
-    weight, bias = fold_bn(conv, norm, dtype)
+    weight, bias = fold_bn(conv, norm, dtype, weight_layout(conv.weight.device))
     return FoldedConv(weight, bias, list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups)
 
 
@@ -89,7 +110,7 @@ class FoldCache:
             sig = _signature(conv, norm)
         except RuntimeError:  # inference tensors carry no version counter: fold every call
             return make_folded(conv, norm, dtype)
-        key = (name, dtype, conv.weight.device)
+        key = (name, dtype, conv.weight.device, weight_layout(conv.weight.device))
         entry = self._entries.get(key)
         if entry is not None and entry[0] == sig:
             return entry[1]

@@ -160,6 +160,12 @@ def residual_add_relu(out: torch.Tensor, identity: torch.Tensor) -> torch.Tensor
 _lib.define(CONV_SCHEMA)
 
 
+def nhwc_strides(n: int, c: int, h: int, w: int):
+    """Strides of a dense channels_last [N, C, H, W] tensor, size-1 dimensions included: the one
+    layout every conv2d_bias_act output has (real and fake kernels alike)."""
+    return (h * w * c, 1, w * c, c)
+
+
 def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
     return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
@@ -235,7 +241,11 @@ def _conv2d_bias_act_impl(x, weight, bias, residual, stride, padding, dilation, 
         from .kernels import conv as triton_conv
 
         return triton_conv.conv2d_bias_act(x, weight, bias, residual, stride, padding, dilation, groups, relu)
-    return _conv2d_bias_act_torch(x, weight, bias, residual, stride, padding, dilation, groups, relu)
+    y = _conv2d_bias_act_torch(x, weight, bias, residual, stride, padding, dilation, groups, relu)
+    strides = nhwc_strides(*y.shape)
+    if y.stride() != strides:  # only size-1 dims can differ; keep the fake kernel's promise exact
+        y = torch.empty_strided(y.shape, strides, dtype=y.dtype, device=y.device).copy_(y)
+    return y
 
 
 _lib.impl("conv2d_bias_act", _conv2d_bias_act_impl, "CPU")
@@ -245,7 +255,7 @@ _lib.impl("conv2d_bias_act", _conv2d_bias_act_impl, "CUDA")
 @torch.library.register_fake("resnet_fast::conv2d_bias_act")
 def _conv2d_bias_act_fake(x, weight, bias, residual, stride, padding, dilation, groups, relu):
     out_shape = _check_conv(x, weight, bias, residual, stride, padding, dilation, groups)
-    return x.new_empty(out_shape).contiguous(memory_format=torch.channels_last)
+    return x.new_empty_strided(out_shape, nhwc_strides(*out_shape))
 
 
 def conv2d_bias_act(

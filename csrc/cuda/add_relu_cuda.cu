@@ -27,7 +27,6 @@ struct alignas(16) Pack {
 
 // torch builds with __CUDA_NO_HALF_CONVERSIONS__ (and the bfloat16 twin): convert explicitly.
 __device__ __forceinline__ float to_float(float x) { return x; }
-__device__ __forceinline__ double to_float(double x) { return x; }
 __device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
 __device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
 

@@ -1,0 +1,219 @@
+"""Fused convolution: ``relu?(conv2d(x, w) + bias + residual)`` as one Triton implicit-GEMM kernel.
+
+GEMM view, per group g: M = N·OH·OW output pixels, N = OC/groups output channels,
+K = KH·KW·C/groups. Activations are channels_last, so a row of A (one output pixel, a run of input
+channels at one tap) is contiguous, and the output tile [pixels, channels] is a contiguous block of
+the NHWC output. The weight may come in any strides; the fold stores it output-channel-innermost
+(memory [KH, KW, C/groups, OC], ``resnet_fast.fused.to_oc_last``) so that B tiles load coalesced.
+
+Two ways to walk K, picked per problem by a constexpr:
+* per-tap (``FLAT_K=False``): for each (kh, kw) a loop over input-channel blocks, halo masked once
+  per tap; the 1x1 stride-1 case skips the pixel decomposition and reads A as a plain [M, C] matrix.
+* flat (``FLAT_K=True``): K walked as one index decomposed into (kh, kw, c): for few channels per
+  group (the 3-channel stem, ResNeXt's 4-channel groups) where a channel block would be mostly mask.
+
+Epilogue (constexpr flags): + bias (fp32), + residual (channels_last), ReLU, cast to the output dtype.
+fp32 inputs use TF32 only when ``torch.backends.cudnn.allow_tf32`` allows it.
+"""
+from __future__ import annotations
+
+import os
+from typing import List, Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from resnet_fast.ops import nhwc_strides
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+# Counts launches, so tests can prove the kernels ran (and did not silently fall back).
+launch_count = 0
+
+
+def _configs() -> List[triton.Config]:
+    if INTERPRET:
+        # The interpreter runs each program in numpy: one mid-size tile keeps CPU tests fast.
+        return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4}, num_warps=4, num_stages=1)]
+    configs = []
+    # Hopper: 132 SMs, 228 KB shared memory per SM. Large tiles for the big-M early layers, narrower
+    # ones for the small-M late layers and small batches, deep pipelines to hide the gather latency.
+    # Kept short on purpose: every config is compiled per kernel specialisation on first use.
+    for bm, bn, bk, warps, stages in [
+        (128, 128, 64, 8, 3),
+        (128, 256, 64, 8, 3),
+        (128, 64, 64, 4, 4),
+        (64, 128, 64, 4, 4),
+        (64, 64, 64, 4, 4),
+        (16, 64, 64, 4, 5),
+    ]:
+        configs.append(triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=warps, num_stages=stages))
+    return configs
+
+
+def _prune(configs, named_args, **kwargs):
+    """Drop tiles far larger than the problem (tiny M at batch 1, few channels per group)."""
+    m = named_args["N"] * named_args["OH"] * named_args["OW"]
+    ocg = named_args["OCg"]
+    kept = [
+        c for c in configs
+        if c.kwargs["BLOCK_M"] <= max(16, triton.next_power_of_2(m)) and c.kwargs["BLOCK_N"] <= max(32, triton.next_power_of_2(ocg))
+    ]
+    return kept or configs[-1:]
+
+
+@triton.autotune(
+    configs=_configs(),
+    key=["N", "OH", "OW", "OCg", "Cg", "KH", "KW", "FLAT_K", "GEMM_1X1"],
+    prune_configs_by={"early_config_prune": _prune},
+)
+@triton.jit
+def _conv2d_bias_act_kernel(
+    x_ptr, w_ptr, b_ptr, r_ptr, y_ptr,
+    N, H, W, OH, OW, OC, Cg, OCg,
+    sxn, sxh, sxw, sxc,
+    swo, swc, swh, sww,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    KH: tl.constexpr, KW: tl.constexpr,
+    FLAT_K: tl.constexpr, GEMM_1X1: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    g = tl.program_id(1)
+    M = N * OH * OW
+    # Grouped tile order: GROUP_M row-tiles share each weight column-tile while it is in L2.
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(OCg, BLOCK_N)
+    pids_per_group = GROUP_M * num_pid_n
+    first_m = (pid // pids_per_group) * GROUP_M
+    group_rows = min(num_pid_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % pids_per_group) % group_rows
+    pid_n = (pid % pids_per_group) // group_rows
+
+    offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = offs_m < M
+    mask_n = offs_n < OCg
+    oc = g * OCg + offs_n
+    w_cols = oc.to(tl.int64) * swo
+    offs_k = tl.arange(0, BLOCK_K)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+
+    if GEMM_1X1:
+        # x is [M, C] row-major: pixel m's channels start at m * sxw.
+        a_rows = offs_m * sxw + g * Cg * sxc
+        for c0 in range(0, Cg, BLOCK_K):
+            c = c0 + offs_k
+            mask_c = c < Cg
+            a = tl.load(x_ptr + a_rows[:, None] + c[None, :] * sxc, mask=mask_m[:, None] & mask_c[None, :], other=0.0)
+            b = tl.load(w_ptr + w_cols[None, :] + c[:, None] * swc, mask=mask_c[:, None] & mask_n[None, :], other=0.0)
+            acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+    else:
+        ow = offs_m % OW
+        oh = (offs_m // OW) % OH
+        n = offs_m // (OW * OH)
+        ih0 = oh * stride_h - pad_h
+        iw0 = ow * stride_w - pad_w
+        x_rows = n * sxn + g * Cg * sxc
+        if FLAT_K:
+            K = KH * KW * Cg
+            for k0 in range(0, K, BLOCK_K):
+                k = k0 + offs_k
+                mask_k = k < K
+                c = k % Cg
+                kw = (k // Cg) % KW
+                kh = k // (Cg * KW)
+                ih = ih0[:, None] + (kh * dil_h)[None, :]
+                iw = iw0[:, None] + (kw * dil_w)[None, :]
+                a_mask = mask_m[:, None] & mask_k[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+                a = tl.load(x_ptr + x_rows[:, None] + ih * sxh + iw * sxw + (c * sxc)[None, :], mask=a_mask, other=0.0)
+                w_rows = c * swc + kh * swh + kw * sww
+                b = tl.load(w_ptr + w_cols[None, :] + w_rows[:, None], mask=mask_k[:, None] & mask_n[None, :], other=0.0)
+                acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+        else:
+            for kh in tl.static_range(KH):
+                for kw in tl.static_range(KW):
+                    ih = ih0 + kh * dil_h
+                    iw = iw0 + kw * dil_w
+                    valid = mask_m & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+                    a_rows = x_rows + ih * sxh + iw * sxw
+                    w_tap = kh * swh + kw * sww
+                    for c0 in range(0, Cg, BLOCK_K):
+                        c = c0 + offs_k
+                        mask_c = c < Cg
+                        a = tl.load(x_ptr + a_rows[:, None] + c[None, :] * sxc, mask=valid[:, None] & mask_c[None, :], other=0.0)
+                        b = tl.load(w_ptr + w_cols[None, :] + w_tap + c[:, None] * swc, mask=mask_c[:, None] & mask_n[None, :], other=0.0)
+                        acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+
+    # Epilogue: the output (and residual) are channels_last, i.e. a row-major [M, OC] matrix.
+    acc += tl.load(b_ptr + oc, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    y_offs = offs_m[:, None] * OC + oc[None, :]
+    y_mask = mask_m[:, None] & mask_n[None, :]
+    if HAS_RESIDUAL:
+        acc += tl.load(r_ptr + y_offs, mask=y_mask, other=0.0).to(tl.float32)
+    if RELU:
+        acc = tl.maximum(acc, 0.0)
+    tl.store(y_ptr + y_offs, acc.to(y_ptr.dtype.element_ty), mask=y_mask)
+
+
+_SUPPORTED = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def conv2d_bias_act(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    residual: Optional[torch.Tensor],
+    stride: List[int],
+    padding: List[int],
+    dilation: List[int],
+    groups: int,
+    relu: bool,
+    out: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Host launcher; shapes were checked by the op. Returns a channels_last tensor in x's dtype.
+
+    ``out`` (tests) is the buffer to write, dense channels_last of the output shape.
+    """
+    global launch_count
+    if x.dtype not in _SUPPORTED:
+        raise TypeError(f"resnet_fast Triton conv: expected float32, float16 or bfloat16, got {x.dtype}")
+    n, c, h, w = x.shape
+    oc, cg, kh, kw = weight.shape
+    oh = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    ow = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    if out is None:
+        y = torch.empty_strided((n, oc, oh, ow), nhwc_strides(n, oc, oh, ow), dtype=x.dtype, device=x.device)
+    else:
+        if out.shape != (n, oc, oh, ow) or out.stride() != nhwc_strides(n, oc, oh, ow) or out.dtype != x.dtype:
+            raise ValueError(f"out: expected a dense channels_last {x.dtype} tensor of shape {(n, oc, oh, ow)}")
+        y = out
+    if y.numel() == 0:
+        return y
+    if x.stride() != nhwc_strides(n, c, h, w):
+        x = torch.empty_strided(x.shape, nhwc_strides(n, c, h, w), dtype=x.dtype, device=x.device).copy_(x)
+    if residual is not None and (residual.stride() != y.stride() or residual.dtype != y.dtype):
+        residual = torch.empty_like(y).copy_(residual)
+    ocg = oc // groups
+    gemm_1x1 = kh == 1 and kw == 1 and list(stride) == [1, 1] and list(padding) == [0, 0]
+    flat_k = not gemm_1x1 and cg < 32
+    if x.dtype == torch.float32 and torch.backends.cudnn.allow_tf32 and x.device.type == "cuda":
+        precision = "tf32"
+    else:
+        precision = "ieee"
+
+    def grid(meta):
+        return (triton.cdiv(n * oh * ow, meta["BLOCK_M"]) * triton.cdiv(ocg, meta["BLOCK_N"]), groups)
+
+    _conv2d_bias_act_kernel[grid](
+        x, weight, bias, residual if residual is not None else y, y,
+        n, h, w, oh, ow, oc, cg, ocg,
+        x.stride(0), x.stride(2), x.stride(3), x.stride(1),
+        weight.stride(0), weight.stride(1), weight.stride(2), weight.stride(3),
+        stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
+        KH=kh, KW=kw, FLAT_K=flat_k, GEMM_1X1=gemm_1x1,
+        HAS_RESIDUAL=residual is not None, RELU=relu, INPUT_PRECISION=precision,
+    )
+    launch_count += 1
+    return y

@@ -1,0 +1,177 @@
+"""The fused Triton convolution against float64 references: every ResNet conv class, every epilogue.
+
+Marker ``interpreter``: CPU tensors under TRITON_INTERPRET=1, small shapes (CI).
+Marker ``gpu``: real shapes on CUDA (benchmarks/gpu_suite.sh).
+"""
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+
+import resnet_fast
+from helpers import float64_reference, randomize_bn, rel_err
+from resnet_fast.fused import to_oc_last
+
+# (name, C, OC, kernel, stride, padding, dilation, groups)
+SHAPE_CLASSES = [
+    ("1x1_s1", 40, 48, 1, 1, 0, 1, 1),
+    ("1x1_s2", 40, 36, 1, 2, 0, 1, 1),
+    ("3x3_s1", 24, 40, 3, 1, 1, 1, 1),
+    ("3x3_s2", 24, 40, 3, 2, 1, 1, 1),
+    ("3x3_dilated", 24, 32, 3, 1, 2, 2, 1),
+    ("3x3_grouped_g8", 64, 64, 3, 1, 1, 1, 8),  # 8 channels per group: the flat-K walk
+    ("3x3_grouped_s2_g4", 128, 128, 3, 2, 1, 1, 4),  # 32 per group: the per-tap walk
+    ("7x7_s2_stem", 3, 64, 7, 2, 3, 1, 1),
+]
+
+
+def _case(shape, dtype, residual, relu, device="cpu", n=2, h=13, w=11, seed=0):
+    name, c, oc, k, s, p, d, g = shape
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c, h, w, generator=gen).to(dtype)
+    weight = (torch.randn(oc, c // g, k, k, generator=gen) / (c // g * k * k) ** 0.5).to(dtype)
+    bias = torch.randn(oc, generator=gen)
+    oh = (h + 2 * p - d * (k - 1) - 1) // s + 1
+    ow = (w + 2 * p - d * (k - 1) - 1) // s + 1
+    res = torch.randn(n, oc, oh, ow, generator=gen).to(dtype) if residual else None
+    ref = F.conv2d(x.double(), weight.double(), bias.double(), s, p, d, g)
+    if residual:
+        ref = ref + res.double()
+    if relu:
+        ref = ref.relu()
+    to = lambda t: None if t is None else t.to(device).contiguous(memory_format=torch.channels_last)  # noqa: E731
+    return to(x), weight.to(device), bias.to(device), to(res), (s, p, d, g), ref
+
+
+def _torch_same_dtype(x, weight, bias, res, conv_args, relu):
+    s, p, d, g = conv_args
+    y = F.conv2d(x, weight, bias.to(x.dtype), s, p, d, g)
+    if res is not None:
+        y = y + res
+    return y.relu() if relu else y
+
+
+def _run_kernel(x, weight, bias, res, conv_args, relu):
+    from resnet_fast.kernels import conv as triton_conv
+
+    s, p, d, g = conv_args
+    n, _, h, w = x.shape
+    oc, _, kh, kw = weight.shape
+    oh = (h + 2 * p - d * (kh - 1) - 1) // s + 1
+    ow = (w + 2 * p - d * (kw - 1) - 1) // s + 1
+    out = torch.full((n, oh, ow, oc), float("nan"), dtype=x.dtype, device=x.device).permute(0, 3, 1, 2)  # poisoned
+    y = triton_conv.conv2d_bias_act(x, to_oc_last(weight), bias, res, [s, s], [p, p], [d, d], g, relu, out=out)
+    assert y.data_ptr() == out.data_ptr()
+    return y
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("shape", SHAPE_CLASSES, ids=[s[0] for s in SHAPE_CLASSES])
+@pytest.mark.parametrize("residual,relu", list(itertools.product([False, True], [False, True])))
+def test_kernel_fp32_every_shape_and_epilogue(shape, residual, relu):
+    x, weight, bias, res, conv_args, ref = _case(shape, torch.float32, residual, relu)
+    y = _run_kernel(x, weight, bias, res, conv_args, relu)
+    assert not torch.isnan(y).any()
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert rel_err(y, ref) < 1e-5
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("shape", SHAPE_CLASSES, ids=[s[0] for s in SHAPE_CLASSES])
+def test_kernel_fp16_within_twice_torch_error(shape):
+    x, weight, bias, res, conv_args, ref = _case(shape, torch.float16, True, True, seed=3)
+    y = _run_kernel(x, weight, bias, res, conv_args, True)
+    assert y.dtype == torch.float16
+    torch_err = rel_err(_torch_same_dtype(x, weight, bias, res, conv_args, True), ref)
+    assert rel_err(y, ref) <= 2 * torch_err, (rel_err(y, ref), torch_err)
+
+
+@pytest.mark.interpreter
+def test_op_forced_triton_on_cpu_nchw_input_and_int64_offsets_path():
+    x, weight, bias, res, conv_args, ref = _case(SHAPE_CLASSES[3], torch.float32, True, True, seed=5)
+    s, p, d, g = conv_args
+    with resnet_fast.use_backend("triton"):
+        # NCHW inputs and a plain OIHW weight: the op converts, the result is still right.
+        y = resnet_fast.ops.conv2d_bias_act(x.contiguous(), weight, bias, res.contiguous(), [s, s], [p, p], [d, d], g, True)
+    assert rel_err(y, ref) < 1e-5
+
+
+def _count_launches(fn):
+    from resnet_fast.kernels import conv as triton_conv
+
+    before = triton_conv.launch_count
+    out = fn()
+    return out, triton_conv.launch_count - before
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("name,convs", [("resnet18", 20), ("resnet50", 53)])
+def test_whole_model_through_triton_kernels(name, convs):
+    torch.manual_seed(1)
+    tv = randomize_bn(getattr(torchvision.models, name)(num_classes=10), 2).eval()
+    fast = resnet_fast.from_torchvision(tv)
+    x = torch.randn(1, 3, 37, 45)
+    ref = float64_reference(tv, x)
+    with resnet_fast.use_backend("triton"), torch.no_grad():
+        out, launches = _count_launches(lambda: fast(x))
+    assert launches == convs  # every conv, stem included, and no silent fallback
+    assert rel_err(out, ref) < 1e-4
+
+
+# ---------------------------------------------------------------------------------------------
+# GPU
+# ---------------------------------------------------------------------------------------------
+def _resnet50_conv_shapes():
+    """Every distinct conv of ResNet-50 at 224x224: (C, OC, k, stride, padding, H)."""
+    m = torchvision.models.resnet50()
+    shapes, hooks = [], []
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.Conv2d):
+            hooks.append(mod.register_forward_hook(
+                lambda mod, i, o: shapes.append((mod.in_channels, mod.out_channels, mod.kernel_size[0], mod.stride[0], mod.padding[0], i[0].shape[-1]))
+            ))
+    with torch.no_grad():
+        m(torch.randn(1, 3, 224, 224))
+    return sorted(set(shapes), key=shapes.index)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("batch", [1, 64])
+def test_gpu_every_resnet50_conv(dtype, batch):
+    for c, oc, k, s, p, hw in _resnet50_conv_shapes():
+        shape = ("r50", c, oc, k, s, p, 1, 1)
+        x, weight, bias, res, conv_args, ref = _case(shape, dtype, False, True, device="cuda", n=batch, h=hw, w=hw)
+        y = _run_kernel(x, weight, bias, res, conv_args, True)
+        torch_err = rel_err(_torch_same_dtype(x, weight, bias, res, conv_args, True), ref)
+        assert rel_err(y, ref) <= 2 * torch_err + 1e-6, ((c, oc, k, s, hw), rel_err(y, ref), torch_err)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
+                                  "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2"])
+def test_gpu_whole_model(name):
+    torch.manual_seed(0)
+    tv = randomize_bn(getattr(torchvision.models, name)(), 1).eval()
+    fast = resnet_fast.from_torchvision(tv).cuda()
+    x = torch.randn(4, 3, 97, 131)
+    ref = float64_reference(tv, x)
+    with torch.no_grad():
+        out, launches = _count_launches(lambda: fast(x.cuda()))
+        tv16 = tv.cuda().to(torch.bfloat16)
+        torch_err = rel_err(tv16(x.cuda().bfloat16()), ref)
+        out16 = fast.to(torch.bfloat16)(x.cuda().bfloat16())
+    assert launches == sum(isinstance(m, torch.nn.Conv2d) for m in tv.modules())
+    assert rel_err(out, ref) < 5e-3  # fp32 under TF32, as cuDNN's default
+    assert rel_err(out16, ref) <= 2 * torch_err
+
+
+@pytest.mark.gpu
+def test_gpu_autocast_runs_bf16():
+    torch.manual_seed(0)
+    fast = randomize_bn(resnet_fast.resnet50(), 1).eval().cuda()
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        out = fast(torch.randn(2, 3, 64, 64, device="cuda"))
+    assert out.dtype == torch.bfloat16
