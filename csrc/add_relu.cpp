@@ -6,6 +6,7 @@
 #include "add_relu.h"
 
 #include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
 #include <ATen/ops/empty_like.h>
@@ -26,9 +27,10 @@ void add_relu_flat(scalar_t* out, const scalar_t* a, const scalar_t* b, int64_t 
       // Reduced-precision Vectorized types do the add in fp32 and round once, as torch's add does.
       at::vec::maximum(Vec::loadu(a + i) + Vec::loadu(b + i), zero).store(out + i);
     }
+    using opmath_t = at::opmath_type<scalar_t>;  // float for half/bfloat16, else the type itself
     for (; i < end; ++i) {
-      const scalar_t sum = static_cast<scalar_t>(static_cast<float>(a[i]) + static_cast<float>(b[i]));
-      out[i] = static_cast<float>(sum) < 0.f ? scalar_t(0) : sum;  // NaN passes through
+      const scalar_t sum = static_cast<scalar_t>(static_cast<opmath_t>(a[i]) + static_cast<opmath_t>(b[i]));
+      out[i] = static_cast<opmath_t>(sum) < opmath_t(0) ? scalar_t(0) : sum;  // NaN passes through
     }
   });
 }

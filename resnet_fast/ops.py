@@ -151,6 +151,10 @@ def residual_add_relu(out: torch.Tensor, identity: torch.Tensor) -> torch.Tensor
     """The residual join ``out += identity; relu_(out)`` of every block that does not fuse it."""
     if identity.dtype != out.dtype:  # autocast can leave the shortcut in another dtype
         identity = identity.to(out.dtype)
+    if torch.compiler.is_compiling():
+        # PyTorch cannot functionalize a custom op that returns an alias of its input (the
+        # ``Tensor(a!)`` result of add_relu_), so traced graphs use the functional op.
+        return torch.ops.resnet_fast.add_relu(out, identity)
     return torch.ops.resnet_fast.add_relu_(out, identity)
 
 

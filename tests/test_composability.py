@@ -30,6 +30,21 @@ def test_torch_compile_eval():
     assert rel_err(out, ref) < 1e-4
 
 
+@pytest.mark.slow
+def test_torch_compile_train_step_matches_eager():
+    m = _model()
+    ref = copy.deepcopy(m)
+    x = torch.randn(2, 3, 45, 51)
+    compiled = torch.compile(m)
+    out = compiled(x)
+    out_ref = ref(x)
+    assert rel_err(out, out_ref) < 1e-4
+    out.square().mean().backward()
+    out_ref.square().mean().backward()
+    for (n, p), (_, q) in zip(ref.named_parameters(), m.named_parameters()):
+        assert rel_err(q.grad, p.grad) < 1e-3, n
+
+
 def test_ops_trace_with_fake_tensors():
     # The fake kernels give shapes and layouts without running anything: what compile relies on.
     from torch._subclasses.fake_tensor import FakeTensorMode
