@@ -17,6 +17,7 @@ fp32 inputs use TF32 only when ``torch.backends.cudnn.allow_tf32`` allows it.
 """
 from __future__ import annotations
 
+import inspect
 import os
 from typing import List, Optional
 
@@ -53,7 +54,7 @@ def _configs() -> List[triton.Config]:
 
 def _prune(configs, named_args, **kwargs):
     """Drop tiles far larger than the problem (tiny M at batch 1, few channels per group)."""
-    m = named_args["N"] * named_args["OH"] * named_args["OW"]
+    m = named_args["M_BUCKET"]
     ocg = named_args["OCg"]
     kept = [
         c for c in configs
@@ -62,15 +63,32 @@ def _prune(configs, named_args, **kwargs):
     return kept or configs[-1:]
 
 
+def _quick_bench(fn, quantiles=None):
+    # Short timing runs: the defaults (25 ms warm-up, 100 ms per config) would make the first
+    # forward of a new input size take seconds per conv shape.
+    return triton.testing.do_bench(fn, warmup=5, rep=20, quantiles=quantiles)
+
+
+# Triton releases before ~3.3 take warmup/rep instead of a do_bench callable.
+_BENCH_ARGS = (
+    {"do_bench": _quick_bench}
+    if "do_bench" in inspect.signature(triton.autotune).parameters
+    else {"warmup": 5, "rep": 20}
+)
+
+
 @triton.autotune(
     configs=_configs(),
-    key=["N", "OH", "OW", "OCg", "Cg", "KH", "KW", "FLAT_K", "GEMM_1X1"],
+    # M_BUCKET (M rounded up to a power of two) instead of N, OH, OW: batch and image sizes that
+    # land in the same bucket share one tuning run.
+    key=["M_BUCKET", "OCg", "Cg", "KH", "KW", "FLAT_K", "GEMM_1X1"],
     prune_configs_by={"early_config_prune": _prune},
+    **_BENCH_ARGS,
 )
 @triton.jit
 def _conv2d_bias_act_kernel(
     x_ptr, w_ptr, b_ptr, r_ptr, y_ptr,
-    N, H, W, OH, OW, OC, Cg, OCg,
+    N, H, W, OH, OW, OC, Cg, OCg, M_BUCKET,
     sxn, sxh, sxw, sxc,
     swo, swc, swh, sww,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
@@ -198,7 +216,9 @@ def conv2d_bias_act(
     ocg = oc // groups
     gemm_1x1 = kh == 1 and kw == 1 and list(stride) == [1, 1] and list(padding) == [0, 0]
     flat_k = not gemm_1x1 and cg < 32
-    if x.dtype == torch.float32 and torch.backends.cudnn.allow_tf32 and x.device.type == "cuda":
+    # fp16/bf16 operands ignore the setting (tf32 is Triton's default); fp32 gets TF32 tensor cores
+    # only where cuDNN's flag allows them, else exact fp32 FMA.
+    if x.dtype != torch.float32 or (x.device.type == "cuda" and torch.backends.cudnn.allow_tf32):
         precision = "tf32"
     else:
         precision = "ieee"
@@ -208,7 +228,7 @@ def conv2d_bias_act(
 
     _conv2d_bias_act_kernel[grid](
         x, weight, bias, residual if residual is not None else y, y,
-        n, h, w, oh, ow, oc, cg, ocg,
+        n, h, w, oh, ow, oc, cg, ocg, triton.next_power_of_2(n * oh * ow),
         x.stride(0), x.stride(2), x.stride(3), x.stride(1),
         weight.stride(0), weight.stride(1), weight.stride(2), weight.stride(3),
         stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],

@@ -53,7 +53,9 @@ class ResidualBlock(fused.FoldCacheMixin, nn.Module):
         identity = x if shortcut is None else shortcut(x)
         return residual_add_relu(out, identity)
 
-    def _forward_fused(self, x: Tensor) -> Tensor:
+    def _forward_fused(self, x: Tensor, consume_input: bool = False) -> Tensor:
+        """The eval path. ``consume_input``: the caller owns ``x`` and lets the block write its
+        output into x's memory (the network does, for activations it created itself)."""
         dtype = fused.compute_dtype(x)
         if x.dtype != dtype:
             x = x.to(dtype)
@@ -63,13 +65,16 @@ class ResidualBlock(fused.FoldCacheMixin, nn.Module):
             out = f(out, relu=True)
         shortcut = getattr(self, self.shortcut_name)
         if shortcut is None:
-            identity = x
+            identity, owned = x, consume_input
         else:
             pair = fused.shortcut_pair(shortcut)
             if pair is not None:
                 identity = fused.folded(self, self.shortcut_name, pair[0], pair[1], dtype)(x, relu=False)
+                owned = True  # created right here
             else:  # an arbitrary shortcut module still runs, only its output joins the epilogue
-                identity = shortcut(x)
+                identity, owned = shortcut(x), False
+        if owned and fused.writable_in_place(identity, out):
+            return folds[-1].add_into(identity, out, relu=True)
         return folds[-1](out, residual=identity, relu=True)
 
 

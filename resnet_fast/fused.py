@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from . import backend
-from .ops import conv2d_bias_act
+from .ops import conv2d_bias_act, nhwc_strides
 
 _CACHE_ATTR = "_resnet_fast_fold_cache"
 
@@ -72,6 +72,13 @@ class FoldedConv(NamedTuple):
 
     def __call__(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None, relu: bool = True) -> torch.Tensor:
         return conv2d_bias_act(x, self.weight, self.bias, residual, self.stride, self.padding, self.dilation, self.groups, relu)
+
+    def add_into(self, residual: torch.Tensor, x: torch.Tensor, relu: bool = True) -> torch.Tensor:
+        """``residual = relu?(conv(x) + bias + residual)`` in residual's memory; returns residual."""
+        torch.ops.resnet_fast.conv2d_bias_act_add_(
+            residual, x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups, relu
+        )
+        return residual
 
 
 def weight_layout(device: torch.device) -> str:
@@ -160,7 +167,17 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
-def _has_hooks(module: nn.Module) -> bool:
+def writable_in_place(t: torch.Tensor, like: torch.Tensor) -> bool:
+    """Whether the epilogue may write its result into ``t`` (the caller owns ``t``)."""
+    return (
+        not torch.compiler.is_compiling()
+        and t.dtype == like.dtype
+        and t.device == like.device
+        and t.stride() == nhwc_strides(*t.shape)
+    )
+
+
+def has_hooks(module: nn.Module) -> bool:
     return bool(
         module._forward_hooks
         or module._forward_pre_hooks
@@ -180,7 +197,7 @@ def fused_allowed(module: nn.Module, x: torch.Tensor, parts) -> bool:
         return False
     if nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks:
         return False
-    return not any(p is not None and _has_hooks(p) for p in parts)
+    return not any(p is not None and has_hooks(p) for p in parts)
 
 
 def shortcut_pair(downsample: Optional[nn.Module]):

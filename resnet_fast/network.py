@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from . import fused
+from .blocks import ResidualBlock
 from .ops import conv_output_size
 
 
@@ -54,24 +55,38 @@ class ResNetBody(fused.FoldCacheMixin, nn.Module):
                 f"stride {conv.stride[0]}, then max-pool): it would produce {sizes[0]}x{sizes[1]}; need at least 1x1"
             )
 
-    def _stem(self, x: Tensor) -> Tensor:
+    def _stem(self, x: Tensor):
+        """Returns (output, fused?)."""
         norm = getattr(self, self.stem_norm_name)
         parts = (self.conv1, norm, self.relu)
         if type(self.relu) is nn.ReLU and fused.fused_allowed(self, x, parts) and fused.foldable(self.conv1, norm):
             dtype = fused.compute_dtype(x)
             # The one layout conversion of the eval path: everything after stays channels_last.
             x = x.to(dtype=dtype, memory_format=torch.channels_last)
-            return fused.folded(self, "conv1", self.conv1, norm, dtype)(x, relu=True)
-        return self.relu(norm(self.conv1(x)))
+            return fused.folded(self, "conv1", self.conv1, norm, dtype)(x, relu=True), True
+        return self.relu(norm(self.conv1(x))), False
+
+    def _stages(self, x: Tensor, owned: bool) -> Tensor:
+        """layer1..4. While the activation is one this forward created and nobody else can see
+        (no hooks), each fused block writes its output over its input instead of allocating."""
+        for name in ("layer1", "layer2", "layer3", "layer4"):
+            layer = getattr(self, name)
+            if not (owned and type(layer) is nn.Sequential and not fused.has_hooks(layer)):
+                x, owned = layer(x), False
+                continue
+            for block in layer:
+                if owned and isinstance(block, ResidualBlock) and not fused.has_hooks(block) and block._can_fuse(x):
+                    x = block._forward_fused(x, consume_input=True)
+                else:
+                    x, owned = block(x), False
+        return x
 
     def _forward_impl(self, x: Tensor) -> Tensor:
         self._check_input(x)
-        x = self._stem(x)
-        x = getattr(self, self.stem_pool_name)(x)
-        x = self.layer1(x)
-        x = self.layer2(x)
-        x = self.layer3(x)
-        x = self.layer4(x)
+        x, stem_fused = self._stem(x)
+        pool = getattr(self, self.stem_pool_name)
+        x = pool(x)
+        x = self._stages(x, owned=stem_fused and type(pool) is nn.MaxPool2d and not fused.has_hooks(pool))
         x = self.avgpool(x)
         x = torch.flatten(x, 1)
         return self.fc(x)

@@ -262,6 +262,58 @@ def _conv2d_bias_act_fake(x, weight, bias, residual, stride, padding, dilation, 
     return x.new_empty_strided(out_shape, nhwc_strides(*out_shape))
 
 
+# In-place twin: ``residual = relu?(conv2d(x, weight) + bias + residual)``, written into the residual's
+# memory. On the CPU a fresh activation costs page faults on every call (glibc maps big blocks
+# anew), so the block epilogue writes into the shortcut tensor it already owns. No return value:
+# PyTorch can functionalize a mutating custom op only when it returns no alias.
+CONV_INPLACE_SCHEMA = (
+    "conv2d_bias_act_add_(Tensor(a!) residual, Tensor x, Tensor weight, Tensor bias, int[2] stride, "
+    "int[2] padding, int[2] dilation, int groups, bool relu) -> ()"
+)
+_lib.define(CONV_INPLACE_SCHEMA)
+
+
+def _check_conv_inplace(residual, x, weight, bias, stride, padding, dilation, groups):
+    _check_conv(x, weight, bias, residual, stride, padding, dilation, groups)
+    name = "resnet_fast::conv2d_bias_act_add_"
+    if residual.dtype != x.dtype:
+        raise RuntimeError(f"{name}: residual ({residual.dtype}) must have x's dtype ({x.dtype})")
+    if residual.stride() != nhwc_strides(*residual.shape):
+        raise RuntimeError(f"{name}: residual must be a dense channels_last tensor, got strides {residual.stride()}")
+    if _overlaps(residual, x):
+        raise RuntimeError(f"{name}: residual overlaps x in memory")
+
+
+def _conv2d_bias_act_add_impl(residual, x, weight, bias, stride, padding, dilation, groups, relu):
+    _check_conv_inplace(residual, x, weight, bias, stride, padding, dilation, groups)
+    x = x.contiguous(memory_format=torch.channels_last)
+    if backend.use_triton(x.device):
+        from .kernels import conv as triton_conv
+
+        # Each output element is read (as residual) and then written by the same program.
+        triton_conv.conv2d_bias_act(x, weight, bias, residual, stride, padding, dilation, groups, relu, out=residual)
+        return
+    if bias.dtype != x.dtype:
+        bias = bias.to(x.dtype)
+    if x.device.type == "cpu" and _HAS_MKLDNN_POINTWISE and _mkldnn_dtype_ok(x.dtype) and x.numel() > 0:
+        torch.ops.mkldnn._convolution_pointwise_.binary(
+            residual, x, weight, bias, padding, stride, dilation, groups, "add", None, "relu" if relu else None, [], ""
+        )
+        return
+    residual.add_(F.conv2d(x, weight, bias, stride, padding, dilation, groups))
+    if relu:
+        residual.relu_()
+
+
+_lib.impl("conv2d_bias_act_add_", _conv2d_bias_act_add_impl, "CPU")
+_lib.impl("conv2d_bias_act_add_", _conv2d_bias_act_add_impl, "CUDA")
+
+
+@torch.library.register_fake("resnet_fast::conv2d_bias_act_add_")
+def _conv2d_bias_act_add_fake(residual, x, weight, bias, stride, padding, dilation, groups, relu):
+    _check_conv_inplace(residual, x, weight, bias, stride, padding, dilation, groups)
+
+
 def conv2d_bias_act(
     x: torch.Tensor,
     weight: torch.Tensor,

@@ -49,3 +49,12 @@ def test_unknown_weights_name():
         resnet_fast.resnet50(weights="IMAGENET9K")
     with pytest.raises(FileNotFoundError, match=r"expected a file at /nonexistent/x.pth"):
         resnet_fast.resnet50(weights="/nonexistent/x.pth")
+
+
+def test_cuda_graph_refuses_clearly_without_cuda(model):
+    model.eval()
+    with pytest.raises(ValueError, match=r"expected an example input on a CUDA device, got cpu"):
+        resnet_fast.cuda_graph(model, torch.randn(1, 3, 32, 32))
+    with pytest.raises(ValueError, match=r"expected a model in eval mode"):
+        resnet_fast.cuda_graph(model.train(), torch.randn(1, 3, 32, 32))
+    model.eval()

@@ -116,6 +116,7 @@ def test_whole_model_through_triton_kernels(name, convs):
     ref = float64_reference(tv, x)
     with resnet_fast.use_backend("triton"), torch.no_grad():
         out, launches = _count_launches(lambda: fast(x))
+    # (launches count both the functional op and the in-place epilogue op)
     assert launches == convs  # every conv, stem included, and no silent fallback
     assert rel_err(out, ref) < 1e-4
 
@@ -175,3 +176,19 @@ def test_gpu_autocast_runs_bf16():
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
         out = fast(torch.randn(2, 3, 64, 64, device="cuda"))
     assert out.dtype == torch.bfloat16
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_inplace_epilogue_op(backend):
+    shape = ("1x1_s1", 40, 48, 1, 1, 0, 1, 1)
+    x, weight, bias, res, conv_args, ref = _case(shape, torch.float32, True, True, seed=8)
+    s, p, d, g = conv_args
+    ptr = res.data_ptr()
+    w = to_oc_last(weight) if backend == "triton" else weight.contiguous(memory_format=torch.channels_last)
+    with resnet_fast.use_backend(backend):
+        torch.ops.resnet_fast.conv2d_bias_act_add_(res, x, w, bias, [s, s], [p, p], [d, d], g, True)
+    assert res.data_ptr() == ptr
+    assert rel_err(res, ref) < 1e-5
+    with pytest.raises(RuntimeError, match="dense channels_last"):
+        torch.ops.resnet_fast.conv2d_bias_act_add_(res.contiguous(), x, w, bias, [s, s], [p, p], [d, d], g, True)

@@ -1,0 +1,199 @@
+#!/usr/bin/env python
+"""Per-kernel benchmarks: the fused convolution and the residual add+ReLU, beside what PyTorch
+runs instead, with the fraction of this device's peak measured in the same run (matmul TFLOP/s for
+convolutions, device-to-device copy GB/s for add_relu).
+
+    python benchmarks/bench_kernels.py --device cuda --dtype bfloat16 --json k.json --markdown k.md
+    python benchmarks/bench_kernels.py --device cpu --only add_relu
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
+COLUMNS = ["kernel", "shape", "provider", "median_ms", "tflops", "gbps", "fraction_of_peak", "speedup_vs_baseline", "max_rel_err"]
+
+
+def resnet50_convs():
+    """Every distinct ResNet-50 conv at 224x224 with the epilogue the model gives it.
+
+    (label, C, OC, kernel, stride, padding, H_in, residual, relu)
+    """
+    import torchvision
+
+    m = torchvision.models.resnet50()
+    found, hooks = [], []
+    for name, mod in m.named_modules():
+        if isinstance(mod, torch.nn.Conv2d):
+            def hook(mod, inputs, output, name=name):
+                residual = name.endswith("conv3")  # the epilogue that adds the shortcut
+                relu = not name.endswith("downsample.0")
+                found.append((name, mod.in_channels, mod.out_channels, mod.kernel_size[0], mod.stride[0],
+                              mod.padding[0], inputs[0].shape[-1], residual, relu))
+            hooks.append(mod.register_forward_hook(hook))
+    with torch.no_grad():
+        m(torch.randn(1, 3, 224, 224))
+    distinct, seen = [], set()
+    for row in found:
+        if row[1:] not in seen:
+            seen.add(row[1:])
+            distinct.append(row)
+    return distinct
+
+
+def peak_tflops(device, dtype) -> float:
+    n = 8192 if device == "cuda" else 1024
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    t = common.time_fn(lambda i: a @ b, device, 10, 3)["median_ms"]
+    return 2 * n**3 / (t * 1e-3) / 1e12
+
+
+def copy_gbps(device, dtype) -> float:
+    nbytes = (1 << 30) if device == "cuda" else (256 << 20)
+    src = torch.empty(nbytes // 2, device=device, dtype=torch.bfloat16).normal_()
+    dst = torch.empty_like(src)
+    t = common.time_fn(lambda i: dst.copy_(src), device, 10, 3)["median_ms"]
+    return 2 * nbytes / (t * 1e-3) / 1e9
+
+
+def bench_add_relu(args, rows, header, prog):
+    import resnet_fast  # noqa: F401  (registers the op)
+
+    dtype = getattr(torch, args.dtype)
+    peak = copy_gbps(args.device, dtype)
+    header["copy_gbps"] = peak
+    b = args.batch
+    for c, hw in [(256, 56), (512, 28), (1024, 14), (2048, 7)]:
+        shape = (b, c, hw, hw)
+        x = torch.randn(shape, device=args.device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+        y = torch.randn_like(x)
+        nbytes = 3 * x.numel() * x.element_size()  # read both, write one
+        expected = (x.float() + y.float()).relu()
+        got = torch.ops.resnet_fast.add_relu_(x.clone(), y)
+        err = common.rel_err(got.float(), expected)
+        base = None
+        for provider, fn in [
+            ("torch add_+relu_", lambda i: x.add_(y).relu_()),
+            ("resnet_fast add_relu_", lambda i: torch.ops.resnet_fast.add_relu_(x, y)),
+        ]:
+            t = common.time_fn(fn, args.device, args.iters, 3, args.budget)
+            gbps = nbytes / (t["median_ms"] * 1e-3) / 1e9
+            if provider.startswith("torch"):
+                # add_ then relu_: 3 + 2 tensor passes; report the same useful bytes for comparison.
+                base = t["median_ms"]
+            rows.append({"kernel": "add_relu_", "shape": "x".join(map(str, shape)), "provider": provider,
+                         "median_ms": t["median_ms"], "gbps": gbps, "fraction_of_peak": gbps / peak,
+                         "speedup_vs_baseline": base / t["median_ms"], "max_rel_err": err if "resnet_fast" in provider else 0.0})
+            common.write_json(args.json, header, rows)
+        prog.step(f"add_relu {shape}")
+
+
+def bench_conv(args, rows, header, prog):
+    import resnet_fast
+    from resnet_fast.fused import to_oc_last
+
+    dtype = getattr(torch, args.dtype)
+    peak = peak_tflops(args.device, dtype)
+    header["matmul_tflops"] = peak
+    cuda = args.device == "cuda"
+    for label, c, oc, k, s, p, h, res, relu in resnet50_convs():
+        n = args.batch
+        oh = (h + 2 * p - k) // s + 1
+        x = torch.randn(n, c, h, h, device=args.device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+        w = (torch.randn(oc, c, k, k, device=args.device) / (c * k * k) ** 0.5).to(dtype)
+        w_cl = w.contiguous(memory_format=torch.channels_last)
+        w_oc = to_oc_last(w)
+        bias = torch.randn(oc, device=args.device)
+        bias_t = bias.to(dtype)
+        r = torch.randn(n, oc, oh, oh, device=args.device, dtype=dtype).contiguous(memory_format=torch.channels_last) if res else None
+        flops = 2 * n * oh * oh * oc * c * k * k
+        weight_for_op = w_oc if (cuda and resnet_fast.backend.use_triton(x.device)) else w_cl
+
+        def fused(i):
+            return resnet_fast.ops.conv2d_bias_act(x, weight_for_op, bias, r, [s, s], [p, p], [1, 1], 1, relu)
+
+        def unfused(i):
+            y = F.conv2d(x, w_cl, None, s, p)
+            y += bias_t.view(1, -1, 1, 1)
+            if r is not None:
+                y += r
+            return y.relu_() if relu else y
+
+        providers = [("torch conv + separate bias/add/relu", unfused), ("resnet_fast fused", fused)]
+        if cuda:
+            if res:
+                cudnn = lambda i: torch.cudnn_convolution_add_relu(x, w_cl, r, 1.0, bias_t, [s, s], [p, p], [1, 1], 1)  # noqa: E731
+            elif relu:
+                cudnn = lambda i: torch.cudnn_convolution_relu(x, w_cl, bias_t, [s, s], [p, p], [1, 1], 1)  # noqa: E731
+            else:
+                cudnn = lambda i: F.conv2d(x, w_cl, bias_t, s, p)  # noqa: E731
+            providers.insert(1, ("cudnn fused (conv_relu / conv_add_relu)", cudnn))
+        ref = unfused(0).float()
+        base = None
+        for provider, fn in providers:
+            try:
+                err = common.rel_err(fn(0).float(), ref)
+                t = common.time_fn(fn, args.device, args.iters, 3, args.budget)
+            except Exception as e:  # noqa: BLE001
+                print(f"\n{label} {provider}: {type(e).__name__}: {e}", file=sys.stderr)
+                continue
+            base = base or t["median_ms"]
+            tflops = flops / (t["median_ms"] * 1e-3) / 1e12
+            rows.append({"kernel": "conv2d_bias_act", "shape": f"{label} {c}->{oc} k{k} s{s} {h}x{h} n{n}" + (" +res" if res else ""),
+                         "provider": provider, "median_ms": t["median_ms"], "tflops": tflops, "fraction_of_peak": tflops / peak,
+                         "speedup_vs_baseline": base / t["median_ms"], "max_rel_err": err})
+            common.write_json(args.json, header, rows)
+        prog.step(label)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None)
+    p.add_argument("--only", default="add_relu,conv", help="comma list: add_relu, conv")
+    p.add_argument("--batch", type=int, default=None, help="default: 256 on CUDA, 4 on the CPU")
+    p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--budget", type=float, default=5.0, help="seconds of timing per provider and shape, at most")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--json")
+    p.add_argument("--markdown")
+    args = p.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device here")
+    args.dtype = args.dtype or ("bfloat16" if args.device == "cuda" else "float32")
+    args.batch = args.batch or (256 if args.device == "cuda" else 4)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    only = set(args.only.split(","))
+    unknown = only - {"add_relu", "conv"}
+    if unknown:
+        p.error(f"--only: expected add_relu and/or conv, got {', '.join(sorted(unknown))}")
+    header = common.environment(args.device)
+    header.update({"device": args.device, "dtype": args.dtype, "batch": args.batch, "benchmark": "bench_kernels"})
+    rows = []
+    total = (4 if "add_relu" in only else 0) + (len(resnet50_convs()) if "conv" in only else 0)
+    prog = common.Progress(total, "bench_kernels")
+    if "add_relu" in only:
+        bench_add_relu(args, rows, header, prog)
+    if "conv" in only:
+        bench_conv(args, rows, header, prog)
+    title = f"{header['device_name']}, torch {header['torch']}, triton {header['triton']}, {args.dtype}, batch {args.batch}, {header['date']}"
+    peaks = ", ".join(f"{k} {header[k]:.1f}" for k in ("copy_gbps", "matmul_tflops") if k in header)
+    table = common.markdown_table(rows, COLUMNS)
+    print(f"\n## bench_kernels: {title}\n\nMeasured peaks: {peaks}\n\n{table}")
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(f"## bench_kernels: {title}\n\nCommand: `{header['command']}`\n\nMeasured peaks: {peaks}\n\n{table}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,206 @@
+#!/usr/bin/env python
+"""Whole-model eval throughput: resnet_fast beside what a user would pick instead, in one process,
+on the same weights and inputs.
+
+Providers: torchvision (eager, NCHW), torchvision_cl (eager, channels_last), torch_compile
+(torchvision channels_last under torch.compile with freezing; mode max-autotune on CUDA; only with
+--compile, compile time reported separately), resnet_fast, resnet_fast_graph (CUDA graph, CUDA only).
+
+    python benchmarks/bench_model.py --device cpu --models resnet50 --batch-sizes 16 --compile
+    python benchmarks/bench_model.py --device cuda --batch-sizes 1,16,256 --dtype bfloat16 --compile \\
+        --json out.json --markdown out.md --plot out.png
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
+COLUMNS = ["provider", "model", "batch_size", "dtype", "median_ms", "p20_ms", "p80_ms", "images_per_s",
+           "speedup_vs_torchvision", "max_rel_err_vs_torchvision", "compile_s"]
+
+
+def trained_like(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                c = m.num_features
+                m.running_mean.copy_(torch.randn(c, generator=g) * 0.2)
+                m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(c, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(c, generator=g) * 0.1)
+    return model
+
+
+def build_providers(name, device, dtype, want_compile, compile_mode, example):
+    import torchvision
+
+    import resnet_fast
+
+    torch.manual_seed(0)
+    tv = trained_like(getattr(torchvision.models, name)()).eval()
+    fast = resnet_fast.from_torchvision(tv).to(device=device, dtype=dtype)
+    tv = tv.to(device=device, dtype=dtype)
+    tv_cl = copy.deepcopy(tv).to(memory_format=torch.channels_last)
+    providers = {
+        "torchvision": (tv, False),
+        "torchvision_cl": (tv_cl, True),
+        "resnet_fast": (fast, False),
+    }
+    compile_s = {}
+    if want_compile:
+        import torch._inductor.config as inductor_config
+
+        inductor_config.freezing = True
+        mode = compile_mode or ("max-autotune" if device == "cuda" else None)
+        compiled = torch.compile(copy.deepcopy(tv_cl), mode=mode)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            compiled(example.contiguous(memory_format=torch.channels_last))
+        if device == "cuda":
+            torch.cuda.synchronize()
+        compile_s["torch_compile"] = time.perf_counter() - start
+        providers["torch_compile"] = (compiled, True)
+    return providers, compile_s
+
+
+def run(args) -> int:
+    device = args.device
+    dtype = getattr(torch, args.dtype)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    models = args.models.split(",")
+    batches = [int(b) for b in args.batch_sizes.split(",")]
+    iters, warmup = (5, 2) if args.quick else (args.iters, args.warmup)
+    header = common.environment(device)
+    header.update({"device": device, "dtype": args.dtype, "benchmark": "bench_model"})
+    rows = []
+    prog = common.Progress(len(models) * len(batches), "bench_model")
+    for name in models:
+        for batch in batches:
+            shape = (batch, 3, args.size, args.size)
+            bytes_per = batch * 3 * args.size * args.size * torch.finfo(dtype).bits // 8
+            pool = [torch.randn(shape, device=device, dtype=dtype) for _ in range(common.rotation_count(bytes_per, device))]
+            pool_cl = [x.contiguous(memory_format=torch.channels_last) for x in pool]
+            try:
+                providers, compile_s = build_providers(name, device, dtype, args.compile, args.compile_mode, pool[0])
+            except Exception as e:  # noqa: BLE001 - one failed provider must not lose the whole run
+                print(f"\n{name} batch {batch}: could not build providers: {e}", file=sys.stderr)
+                continue
+            if device == "cuda":
+                import resnet_fast
+
+                try:
+                    providers["resnet_fast_graph"] = (resnet_fast.cuda_graph(providers["resnet_fast"][0], pool[0]), False)
+                except Exception as e:  # noqa: BLE001
+                    print(f"\ncuda_graph failed: {e}", file=sys.stderr)
+            results = {}
+            with torch.inference_mode():
+                reference = providers["torchvision"][0](pool[0]).float()
+                for pname, (model, cl) in providers.items():
+                    inputs = pool_cl if cl else pool
+                    try:
+                        out = model(inputs[0])
+                        err = common.rel_err(out.float(), reference)
+                        timing = common.time_fn(lambda i: model(inputs[i % len(inputs)]), device, iters, warmup, args.budget)
+                    except Exception as e:  # noqa: BLE001
+                        print(f"\n{pname} {name} batch {batch} failed: {type(e).__name__}: {e}", file=sys.stderr)
+                        continue
+                    results[pname] = (timing, err)
+            base = results.get("torchvision", (None,))[0]
+            for pname, (timing, err) in results.items():
+                rows.append({
+                    "provider": pname, "model": name, "batch_size": batch, "dtype": args.dtype, "device": device,
+                    "median_ms": timing["median_ms"], "p20_ms": timing["p20_ms"], "p80_ms": timing["p80_ms"],
+                    "images_per_s": batch / timing["median_ms"] * 1e3,
+                    "speedup_vs_torchvision": base["median_ms"] / timing["median_ms"] if base else None,
+                    "max_rel_err_vs_torchvision": err,
+                    "compile_s": compile_s.get(pname),
+                })
+            common.write_json(args.json, header, rows)
+            del providers
+            if device == "cuda":
+                torch.cuda.empty_cache()
+            prog.step(f"{name} batch {batch}")
+
+    table = common.markdown_table(rows, COLUMNS)
+    title = f"{header['device_name']}, torch {header['torch']}, triton {header['triton']}, {args.dtype}, {header['cpu_threads']} CPU threads, {header['date']}"
+    print(f"\n## bench_model: {title}\n\n{table}")
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(f"## bench_model: {title}\n\nCommand: `{header['command']}`\n\n{table}\n")
+    if args.plot:
+        plot(rows, args.plot, title)
+    return 0
+
+
+def plot(rows, path, title) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot", file=sys.stderr)
+        return
+    models = sorted({r["model"] for r in rows})
+    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.5), squeeze=False)
+    for ax, name in zip(axes[0], models):
+        for provider in sorted({r["provider"] for r in rows if r["model"] == name}):
+            pts = sorted((r["batch_size"], r["images_per_s"]) for r in rows if r["model"] == name and r["provider"] == provider)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=provider)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("images / s")
+        ax.set_title(name)
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--models", default="resnet50")
+    p.add_argument("--batch-sizes", default=None, help="default: 1,16,256 on CUDA, 16 on the CPU")
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None, help="default: bfloat16 on CUDA, float32 on the CPU")
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--iters", type=int, default=30)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--budget", type=float, default=20.0, help="seconds of timing per provider and size, at most")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's default)")
+    p.add_argument("--compile", action="store_true", help="add torch.compile (freezing) of torchvision")
+    p.add_argument("--compile-mode", default=None, help="torch.compile mode (default: max-autotune on CUDA)")
+    p.add_argument("--quick", action="store_true", help="few iterations: a smoke run")
+    p.add_argument("--json")
+    p.add_argument("--markdown")
+    p.add_argument("--plot")
+    p.add_argument("--auto-output", action="store_true", help="write benchmarks/results/<device>-<date>.{json,md,png}")
+    args = p.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device here")
+    args.batch_sizes = args.batch_sizes or ("1,16,256" if args.device == "cuda" else "16")
+    args.dtype = args.dtype or ("bfloat16" if args.device == "cuda" else "float32")
+    if args.auto_output:
+        name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
+        stem = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                            f"{name.replace(' ', '-').lower()}-{datetime.date.today().isoformat()}")
+        args.json = args.json or stem + ".json"
+        args.markdown = args.markdown or stem + ".md"
+        args.plot = args.plot or stem + ".png"
+    return run(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
