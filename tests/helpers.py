@@ -28,8 +28,8 @@ def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    out = out.detach().to(torch.float64).cpu()
-    ref = ref.detach().to(torch.float64).cpu()
+    ref = ref.detach().to(torch.float64)
+    out = out.detach().to(device=ref.device, dtype=torch.float64)
     return (torch.linalg.vector_norm(out - ref) / torch.linalg.vector_norm(ref)).item()
 
 

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# One prepared run for a lent GPU machine (one NVIDIA GPU, torch and Triton preinstalled, no
+# network): install, build the extension, GPU tests, kernel and model benchmarks. Every step is
+# time-bounded (well under 8 minutes in all); everything is logged under OUTDIR and summary.md is
+# printed last. Results that matter go to benchmarks/results/ in a commit.
+#
+#   bash benchmarks/gpu_suite.sh OUTDIR            # run
+#   bash benchmarks/gpu_suite.sh OUTDIR --dry-run  # list the steps (works on a CPU machine)
+#
+# Step budgets (seconds) can be changed with T_INSTALL, T_TESTS, T_KERNELS, T_MODEL_BF16, T_MODEL_FP16;
+# SUITE_BUDGET (default 450) caps the whole run.
+set -u
+OUT=${1:?usage: gpu_suite.sh OUTDIR [--dry-run]}
+DRY=0
+[ "${2:-}" = "--dry-run" ] && DRY=1
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT" || exit 1
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+PY=${PYTHON:-python}
+# A bare checkout also works: the package maps kernels/ itself when it is not installed.
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
+SUMMARY="$OUT/summary.md"
+STATUS="$OUT/steps.tsv"
+: > "$STATUS"
+START=$(date +%s)
+
+DEADLINE=$(( $(date +%s) + ${SUITE_BUDGET:-450} ))
+
+step() {  # step NAME TIMEOUT_S COMMAND...   (the limit is also capped by what is left of SUITE_BUDGET)
+  local name=$1 limit=$2
+  shift 2
+  local left=$(( DEADLINE - $(date +%s) ))
+  [ "$DRY" = 0 ] && [ "$left" -lt "$limit" ] && limit=$left
+  if [ "$DRY" = 0 ] && [ "$limit" -le 5 ]; then
+    printf '%s	%s	%s	%s
+' "$name" "skipped (suite budget spent)" "0" "$*" >> "$STATUS"
+    return 0
+  fi
+  if [ "$DRY" = 1 ]; then
+    printf '%-14s %4ss  %s\n' "$name" "$limit" "$*"
+    printf '%s\t%s\t%s\t%s\n' "$name" "dry-run" "0" "$*" >> "$STATUS"
+    return 0
+  fi
+  local t0=$(date +%s)
+  echo "== $name (limit ${limit}s): $*"
+  timeout --kill-after=10 "$limit" "$@" > "$OUT/$name.log" 2>&1
+  local rc=$?
+  local dt=$(( $(date +%s) - t0 ))
+  tail -n 3 "$OUT/$name.log"
+  printf '%s\t%s\t%s\t%s\n' "$name" "$rc" "$dt" "$*" >> "$STATUS"
+  return 0
+}
+
+step install      "${T_INSTALL:-75}"    $PY -m pip install --no-deps --no-build-isolation -e .
+step extension    20                    $PY -c "import resnet_fast, torch; from resnet_fast import _extension; print('extension:', _extension.status()); print('cuda add_relu kernel:', _extension.has_cuda_kernels())"
+step device       10                    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,power.limit --format=csv,noheader
+# Correctness with one Triton config (RESNET_FAST_AUTOTUNE=0): no time spent compiling every config.
+step tests        "${T_TESTS:-110}"     env RESNET_FAST_AUTOTUNE=0 $PY -m pytest -m gpu -v -ra -p no:cacheprovider tests
+step kernels      "${T_KERNELS:-70}"    $PY benchmarks/bench_kernels.py --device cuda --dtype bfloat16 --batch 256 --iters 20 --budget 2 --json "$OUT/kernels-bf16.json" --markdown "$OUT/kernels-bf16.md"
+# torch.compile in its default mode: max-autotune compiles for minutes, more than a lent machine's budget.
+step model_bf16   "${T_MODEL_BF16:-110}" $PY benchmarks/bench_model.py --device cuda --models resnet50 --batch-sizes 1,16,256 --dtype bfloat16 --compile --compile-mode "${COMPILE_MODE:-default}" --iters 30 --budget 3 --json "$OUT/model-bf16.json" --markdown "$OUT/model-bf16.md" --plot "$OUT/model-bf16.png"
+step model_fp16   "${T_MODEL_FP16:-40}"  $PY benchmarks/bench_model.py --device cuda --models resnet50 --batch-sizes 1,16,256 --dtype float16 --iters 20 --budget 2 --json "$OUT/model-fp16.json" --markdown "$OUT/model-fp16.md"
+
+{
+  echo "# gpu_suite $( [ "$DRY" = 1 ] && echo '(dry run)' ) $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo
+  echo "Total: $(( $(date +%s) - START )) s. Command: \`bash benchmarks/gpu_suite.sh $*\` at $(git rev-parse --short HEAD 2>/dev/null)"
+  echo
+  echo "| step | exit | seconds | command |"
+  echo "|---|---|---|---|"
+  while IFS=$'\t' read -r name rc dt cmd; do
+    echo "| $name | $rc | $dt | \`${cmd:0:120}\` |"
+  done < "$STATUS"
+  echo
+  if [ "$DRY" = 0 ]; then
+    echo "Device: $(cat "$OUT/device.log" 2>/dev/null | head -n 1)"
+    echo
+    grep -h "^extension:\|^cuda add_relu" "$OUT/extension.log" 2>/dev/null
+    echo
+    echo "Tests: $(grep -E '(passed|failed|error)' "$OUT/tests.log" 2>/dev/null | tail -n 1)"
+    echo
+    for f in kernels-bf16 model-bf16 model-fp16; do
+      [ -f "$OUT/$f.md" ] && { cat "$OUT/$f.md"; echo; }
+    done
+  fi
+} > "$SUMMARY"
+cat "$SUMMARY"
