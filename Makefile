@@ -47,7 +47,7 @@ test: setup cuda-check
 	$(VPY) -m pytest -q -ra
 
 bench: setup
-	$(VPY) benchmarks/bench_model.py --auto-output
+	$(VPY) benchmarks/bench_model.py --auto-output --compile
 
 gpu: setup
 	bash benchmarks/gpu_suite.sh benchmarks/results/gpu-$$(date +%Y%m%d-%H%M)

@@ -21,7 +21,7 @@ def _extensions():
 
     cpp_sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
     cu_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
-    cxx_flags = ["-O3"]
+    cxx_flags = ["-O3", "-fopenmp"]  # at::parallel_for is OpenMP: without the flag it runs serially
     if platform.machine() in ("x86_64", "AMD64"):
         # at::vec picks its AVX2 specialisations from these macros (header-only templates).
         cxx_flags += ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
@@ -39,9 +39,10 @@ def _extensions():
             include_dirs=include_dirs,
             define_macros=[("RESNET_FAST_WITH_CUDA", "1")],
             extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "--use_fast_math"]},
+            extra_link_args=["-fopenmp"],
         )
     else:
-        ext = cpp_extension.CppExtension("resnet_fast._C", cpp_sources, extra_compile_args=cxx_flags)
+        ext = cpp_extension.CppExtension("resnet_fast._C", cpp_sources, extra_compile_args=cxx_flags, extra_link_args=["-fopenmp"])
     return [ext], {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}
 
 

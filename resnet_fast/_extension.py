@@ -32,13 +32,14 @@ def _jit_build() -> None:
     sources = sorted(glob.glob(os.path.join(src, "*.cpp")))
     # The JIT build is CPU-only: a CUDA build needs nvcc and minutes of compile time, which belongs
     # to setup.py. On a GPU machine without the AOT build the CUDA add_relu falls back to PyTorch.
-    flags = ["-O3"]
+    flags = ["-O3", "-fopenmp"]  # at::parallel_for is OpenMP
     if platform.machine() in ("x86_64", "AMD64"):
         flags += ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
     cpp_extension.load(
         name="resnet_fast_C_jit",
         sources=sources,
         extra_cflags=flags,
+        extra_ldflags=["-fopenmp"],
         is_python_module=False,
         verbose=False,
     )

@@ -136,7 +136,10 @@ class _AddReluInplace(torch.autograd.Function):
 
 
 def _add_relu_inplace_autograd(a, b):
-    return _AddReluInplace.apply(a, b)
+    if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad):
+        return _AddReluInplace.apply(a, b)
+    with torch._C._AutoDispatchBelowAutograd():
+        return torch.ops.resnet_fast.add_relu_(a, b)
 
 
 _lib.impl("add_relu_", _add_relu_inplace_autograd, "Autograd")
