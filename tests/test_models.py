@@ -96,13 +96,13 @@ def test_eval_fp32_matches_float64_reference(name):
     assert rel_err(out_cl, ref) < 1e-4
 
 
-@pytest.mark.parametrize("name", ["resnet18", "resnet50", "resnext50_32x4d"])
+@pytest.mark.parametrize("name", FACTORIES)
 def test_eval_bf16_error_within_twice_torchvision(name):
     tv, fast = _pair(name)
     randomize_bn(tv, 5)
     fast.load_state_dict(tv.state_dict())
     tv.eval(), fast.eval()
-    x = torch.randn(2, 3, 89, 75)
+    x = torch.randn(2, 3, *_SIZES.get(name, (67, 45)))
     ref = float64_reference(tv, x)
     tv16 = tv.to(torch.bfloat16)
     fast16 = fast.to(torch.bfloat16)
