@@ -9,7 +9,6 @@
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
-#include <ATen/ops/empty_like.h>
 #include <Python.h>
 #include <torch/library.h>
 
@@ -43,29 +42,11 @@ void launch_flat(at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
 }
 
 at::Tensor add_relu_cpu(const at::Tensor& self, const at::Tensor& other) {
-  check_add_relu_inputs(self, other, "resnet_fast::add_relu");
-  // empty_like keeps self's layout when self is dense (contiguous or channels_last).
-  at::Tensor out = at::empty_like(self);
-  const at::Tensor a = same_dense_layout(out, self) ? self : out.copy_(self);
-  const at::Tensor b = same_dense_layout(out, other) ? other : at::empty_like(out).copy_(other);
-  launch_flat(out, a, b);
-  return out;
+  return add_relu_out_of_place(self, other, &launch_flat);
 }
 
 at::Tensor& add_relu_inplace_cpu(at::Tensor& self, const at::Tensor& other) {
-  check_add_relu_inputs(self, other, "resnet_fast::add_relu_");
-  check_no_overlap(self, other);
-  if (self.numel() == 0) return self;
-  if (same_dense_layout(self, other)) {
-    launch_flat(self, self, other);
-    return self;
-  }
-  // General path: a dense buffer in self's layout, then written back through self's strides.
-  at::Tensor a = self.is_non_overlapping_and_dense() ? self : self.contiguous();
-  at::Tensor b = at::empty_like(a).copy_(other);
-  launch_flat(a, a, b);
-  if (!a.is_same(self)) self.copy_(a);
-  return self;
+  return add_relu_in_place(self, other, &launch_flat);
 }
 
 }  // namespace

@@ -15,4 +15,13 @@ void check_no_overlap(const at::Tensor& self, const at::Tensor& other);
 // walk both as flat arrays in storage order, whatever the layout (contiguous or channels_last).
 bool same_dense_layout(const at::Tensor& a, const at::Tensor& b);
 
+// A device kernel over three same-layout dense tensors of one dtype: out = relu(a + b), elementwise
+// in storage order (out may be a).
+using FlatLaunch = void (*)(at::Tensor& out, const at::Tensor& a, const at::Tensor& b);
+
+// The ops around a device's flat kernel: checks, then the fast path when layouts already match,
+// else dense copies in self's layout (mixed layouts, strided views). Shared by CPU and CUDA.
+at::Tensor add_relu_out_of_place(const at::Tensor& self, const at::Tensor& other, FlatLaunch launch);
+at::Tensor& add_relu_in_place(at::Tensor& self, const at::Tensor& other, FlatLaunch launch);
+
 }  // namespace resnet_fast

@@ -217,3 +217,12 @@ def test_gpu_opcheck_and_gradcheck():
     a64 = a.detach().double().requires_grad_()
     b64 = b.detach().double().requires_grad_()
     assert torch.autograd.gradcheck(torch.ops.resnet_fast.add_relu, (a64, b64))
+
+
+@pytest.mark.gpu
+def test_gpu_mixed_devices_is_a_clear_error():
+    a = torch.randn(4, 4, device="cuda")
+    with pytest.raises(RuntimeError, match="device mismatch, self is on cuda:0 but other is on cpu"):
+        torch.ops.resnet_fast.add_relu(a, torch.randn(4, 4))
+    with pytest.raises(RuntimeError, match="device mismatch"):
+        torch.ops.resnet_fast.add_relu_(a, torch.randn(4, 4))

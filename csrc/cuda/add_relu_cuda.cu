@@ -5,7 +5,6 @@
 #include "../add_relu.h"
 
 #include <ATen/Dispatch.h>
-#include <ATen/ops/empty_like.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAException.h>
@@ -137,30 +136,17 @@ void launch_flat(at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
   }
 }
 
+// The checks run before the device guard, so that a CPU tensor mixed in gets the op's own message.
 at::Tensor add_relu_cuda(const at::Tensor& self, const at::Tensor& other) {
   check_add_relu_inputs(self, other, "resnet_fast::add_relu");
   const c10::cuda::CUDAGuard guard(self.device());
-  at::Tensor out = at::empty_like(self);
-  const at::Tensor a = same_dense_layout(out, self) ? self : out.copy_(self);
-  const at::Tensor b = same_dense_layout(out, other) ? other : at::empty_like(out).copy_(other);
-  launch_flat(out, a, b);
-  return out;
+  return add_relu_out_of_place(self, other, &launch_flat);
 }
 
 at::Tensor& add_relu_inplace_cuda(at::Tensor& self, const at::Tensor& other) {
   check_add_relu_inputs(self, other, "resnet_fast::add_relu_");
-  check_no_overlap(self, other);
-  if (self.numel() == 0) return self;
   const c10::cuda::CUDAGuard guard(self.device());
-  if (same_dense_layout(self, other)) {
-    launch_flat(self, self, other);
-    return self;
-  }
-  at::Tensor a = self.is_non_overlapping_and_dense() ? self : self.contiguous();
-  at::Tensor b = at::empty_like(a).copy_(other);
-  launch_flat(a, a, b);
-  if (!a.is_same(self)) self.copy_(a);
-  return self;
+  return add_relu_in_place(self, other, &launch_flat);
 }
 
 }  // namespace
