@@ -240,3 +240,21 @@ def conv2d_bias_act(
     )
     launch_count += 1
     return y
+
+
+def aot_compile(dtype: str, kernel: int, flat_k: bool, gemm_1x1: bool, residual: bool, relu: bool,
+                precision: str, config: triton.Config, arch: int = 90):
+    """Compile one specialisation for an NVIDIA target without a GPU (ptxas ships with Triton):
+    the CPU-side check that the kernel still builds for real hardware. Needs TRITON_INTERPRET unset."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    fn = _conv2d_bias_act_kernel.fn
+    constexprs = dict(KH=kernel, KW=kernel, FLAT_K=flat_k, GEMM_1X1=gemm_1x1, HAS_RESIDUAL=residual, RELU=relu,
+                      INPUT_PRECISION=precision, **config.kwargs)
+    signature = {name: "i32" for name in fn.arg_names}
+    signature.update({"x_ptr": "*" + dtype, "w_ptr": "*" + dtype, "b_ptr": "*fp32", "r_ptr": "*" + dtype, "y_ptr": "*" + dtype})
+    signature.update({name: "constexpr" for name in constexprs})
+    src = ASTSource(fn=fn, signature=signature, constexprs={(fn.arg_names.index(k),): v for k, v in constexprs.items()})
+    options = {"num_warps": config.num_warps, "num_stages": config.num_stages}
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
