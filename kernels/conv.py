@@ -178,7 +178,6 @@ def _conv2d_bias_act_kernel(
     tl.store(y_ptr + y_offs, acc.to(y_ptr.dtype.element_ty), mask=y_mask)
 
 
-_SUPPORTED = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def conv2d_bias_act(
@@ -198,7 +197,7 @@ def conv2d_bias_act(
     ``out`` (tests) is the buffer to write, dense channels_last of the output shape.
     """
     global launch_count
-    if x.dtype not in _SUPPORTED:
+    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise TypeError(f"resnet_fast Triton conv: expected float32, float16 or bfloat16, got {x.dtype}")
     n, c, h, w = x.shape
     oc, cg, kh, kw = weight.shape

@@ -64,13 +64,19 @@ def triton_available() -> bool:
     return True
 
 
-def use_triton(device: torch.device) -> bool:
-    """Whether the Triton kernels should run for tensors on ``device``; raises when forced but impossible."""
+TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def use_triton(device: torch.device, dtype: Optional[torch.dtype] = None) -> bool:
+    """Whether the Triton kernels should run for tensors on ``device``; raises when forced but impossible.
+
+    ``auto`` leaves dtypes the kernels do not cover (float64) to PyTorch; a forced ``triton`` does not.
+    """
     backend = get_backend()
     if backend == "torch":
         return False
     if backend == "auto":
-        return device.type == "cuda" and triton_available()
+        return device.type == "cuda" and triton_available() and (dtype is None or dtype in TRITON_DTYPES)
     if not triton_available():
         raise RuntimeError("backend 'triton' was forced but Triton cannot be imported")
     if device.type != "cuda" and not interpreter_enabled():
@@ -81,9 +87,9 @@ def use_triton(device: torch.device) -> bool:
     return True
 
 
-def prefers_triton(device: torch.device) -> bool:
+def prefers_triton(device: torch.device, dtype: Optional[torch.dtype] = None) -> bool:
     """Like ``use_triton`` but never raises: for choices (such as a weight layout) made ahead of a call."""
     try:
-        return use_triton(device)
+        return use_triton(device, dtype)
     except RuntimeError:
         return False

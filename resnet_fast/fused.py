@@ -81,12 +81,12 @@ class FoldedConv(NamedTuple):
         return residual
 
 
-def weight_layout(device: torch.device) -> str:
-    return "oc_last" if backend.prefers_triton(device) else "channels_last"
+def weight_layout(device: torch.device, dtype: torch.dtype) -> str:
+    return "oc_last" if backend.prefers_triton(device, dtype) else "channels_last"
 
 
 def make_folded(conv: nn.Conv2d, norm: nn.Module, dtype: torch.dtype) -> FoldedConv:
-    weight, bias = fold_bn(conv, norm, dtype, weight_layout(conv.weight.device))
+    weight, bias = fold_bn(conv, norm, dtype, weight_layout(conv.weight.device, dtype))
     return FoldedConv(weight, bias, list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups)
 
 
@@ -117,7 +117,7 @@ class FoldCache:
             sig = _signature(conv, norm)
         except RuntimeError:  # inference tensors carry no version counter: fold every call
             return make_folded(conv, norm, dtype)
-        key = (name, dtype, conv.weight.device, weight_layout(conv.weight.device))
+        key = (name, dtype, conv.weight.device, weight_layout(conv.weight.device, dtype))
         entry = self._entries.get(key)
         if entry is not None and entry[0] == sig:
             return entry[1]

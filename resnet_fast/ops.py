@@ -244,7 +244,7 @@ def _conv2d_bias_act_torch(x, weight, bias, residual, stride, padding, dilation,
 def _conv2d_bias_act_impl(x, weight, bias, residual, stride, padding, dilation, groups, relu):
     _check_conv(x, weight, bias, residual, stride, padding, dilation, groups)
     x = x.contiguous(memory_format=torch.channels_last)
-    if backend.use_triton(x.device):
+    if backend.use_triton(x.device, x.dtype):
         from .kernels import conv as triton_conv
 
         return triton_conv.conv2d_bias_act(x, weight, bias, residual, stride, padding, dilation, groups, relu)
@@ -290,7 +290,7 @@ def _check_conv_inplace(residual, x, weight, bias, stride, padding, dilation, gr
 def _conv2d_bias_act_add_impl(residual, x, weight, bias, stride, padding, dilation, groups, relu):
     _check_conv_inplace(residual, x, weight, bias, stride, padding, dilation, groups)
     x = x.contiguous(memory_format=torch.channels_last)
-    if backend.use_triton(x.device):
+    if backend.use_triton(x.device, x.dtype):
         from .kernels import conv as triton_conv
 
         # Each output element is read (as residual) and then written by the same program.

@@ -194,3 +194,10 @@ def test_inplace_epilogue_op(backend):
     assert rel_err(res, ref) < 1e-5
     with pytest.raises(RuntimeError, match="dense channels_last"):
         torch.ops.resnet_fast.conv2d_bias_act_add_(res.contiguous(), x, w, bias, [s, s], [p, p], [d, d], g, True)
+
+
+@pytest.mark.interpreter
+def test_forced_triton_rejects_float64_clearly():
+    x, weight, bias, res, conv_args, ref = _case(SHAPE_CLASSES[0], torch.float64, False, True)
+    with resnet_fast.use_backend("triton"), pytest.raises(TypeError, match="expected float32, float16 or bfloat16, got torch.float64"):
+        resnet_fast.ops.conv2d_bias_act(x, weight, bias, None, [1, 1], [0, 0], [1, 1], 1, True)
