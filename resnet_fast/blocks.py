@@ -28,7 +28,7 @@ class ResidualBlock(fused.FoldCacheMixin, nn.Module):
         return [(getattr(self, c), getattr(self, n)) for c, n in self.stages]
 
     def forward(self, x: Tensor) -> Tensor:
-        if self._can_fuse(x):
+        if not fused.fx_tracing() and self._can_fuse(x):
             return self._forward_fused(x)
         return self._forward_reference(x)
 

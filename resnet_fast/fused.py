@@ -159,6 +159,12 @@ class FoldCacheMixin:
         return super()._apply(*args, **kwargs)
 
 
+def fx_tracing() -> bool:
+    """torch.fx symbolic tracing (torchvision's create_feature_extractor): values are Proxies, so
+    only the plain reference path, which never branches on a tensor, can be traced."""
+    return torch.fx._symbolic_trace.is_fx_tracing()
+
+
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
     """The dtype the eval path computes in: autocast's when it is on for x's device, else x's."""
     device_type = x.device.type

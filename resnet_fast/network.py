@@ -82,6 +82,8 @@ class ResNetBody(fused.FoldCacheMixin, nn.Module):
         return x
 
     def _forward_impl(self, x: Tensor) -> Tensor:
+        if fused.fx_tracing():
+            return self._forward_traceable(x)
         self._check_input(x)
         x, stem_fused = self._stem(x)
         pool = getattr(self, self.stem_pool_name)
@@ -90,6 +92,14 @@ class ResNetBody(fused.FoldCacheMixin, nn.Module):
         x = self.avgpool(x)
         x = torch.flatten(x, 1)
         return self.fc(x)
+
+    def _forward_traceable(self, x: Tensor) -> Tensor:
+        """torchvision's forward, module by module: what torch.fx records."""
+        x = self.relu(getattr(self, self.stem_norm_name)(self.conv1(x)))
+        x = getattr(self, self.stem_pool_name)(x)
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        x = self.avgpool(x)
+        return self.fc(torch.flatten(x, 1))
 
     def forward(self, x: Tensor) -> Tensor:
         return self._forward_impl(x)

@@ -164,3 +164,20 @@ def test_ddp_gloo_two_processes(tmp_path, train_mode):
         nn.functional.cross_entropy(ref(x), target).backward()
     for n, p in ref.named_parameters():
         assert rel_err(grads[n], p.grad) < 1e-4, n
+
+
+def test_fx_feature_extractor_like_torchvision():
+    import torchvision
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    torch.manual_seed(3)
+    tv = randomize_bn(torchvision.models.resnet50(), 3).eval()
+    fast = resnet_fast.from_torchvision(tv)
+    nodes = {"layer2": "c3", "layer4": "c5"}
+    fe_tv = create_feature_extractor(tv, return_nodes=nodes)
+    fe_fast = create_feature_extractor(fast, return_nodes=nodes)
+    x = torch.randn(2, 3, 67, 71)
+    with torch.no_grad():
+        a, b = fe_tv(x), fe_fast(x)
+    for k in nodes.values():
+        assert rel_err(b[k], a[k]) < 1e-5
