@@ -36,28 +36,30 @@ def to_oc_last(weight: torch.Tensor) -> torch.Tensor:
 def fold_bn(
     conv: nn.Conv2d, norm: nn.Module, dtype: torch.dtype, layout: str = "channels_last"
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``(w', b')`` with ``conv(x, w') + b' == norm(conv(x))``; fp32 math, weight cast to ``dtype``.
+    """``(w', b')`` with ``conv(x, w') + b' == norm(conv(x))``; fp32 math (fp64 for a float64
+    model), weight cast to ``dtype``.
 
-    The bias stays fp32: the kernels add it to their fp32 accumulator before the final cast.
+    The bias stays in the math dtype: the kernels add it to their fp32 accumulator before the cast.
     ``layout`` is the weight's memory order, its shape is always OIHW: ``channels_last`` (what
     oneDNN and cuDNN want) or ``oc_last`` (output channels innermost: coalesced loads of the
     weight tiles in the Triton kernel).
     """
     if layout not in ("channels_last", "oc_last"):
         raise ValueError(f"layout: expected 'channels_last' or 'oc_last', got {layout!r}")
+    math = torch.float64 if dtype == torch.float64 else torch.float32
     with torch.no_grad():
-        w = conv.weight.float()
-        mean = norm.running_mean.float()
-        var = norm.running_var.float()
-        gamma = norm.weight.float() if norm.weight is not None else torch.ones_like(mean)
-        beta = norm.bias.float() if norm.bias is not None else torch.zeros_like(mean)
+        w = conv.weight.to(math)
+        mean = norm.running_mean.to(math)
+        var = norm.running_var.to(math)
+        gamma = norm.weight.to(math) if norm.weight is not None else torch.ones_like(mean)
+        beta = norm.bias.to(math) if norm.bias is not None else torch.zeros_like(mean)
         scale = gamma * torch.rsqrt(var + norm.eps)
         weight = (w * scale.reshape(-1, 1, 1, 1)).to(dtype)
         if layout == "oc_last":
             weight = to_oc_last(weight)
         else:
             weight = weight.contiguous(memory_format=torch.channels_last)
-        shift = conv.bias.float() - mean if conv.bias is not None else -mean
+        shift = conv.bias.to(math) - mean if conv.bias is not None else -mean
         bias = (beta + shift * scale).contiguous()
     return weight, bias
 

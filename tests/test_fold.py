@@ -75,10 +75,12 @@ def test_load_state_dict(model_and_input):
 def test_to_dtype_and_back(model_and_input):
     m, x = model_and_input
     _check_fresh(m, x)
+    ref64 = float64_reference(m, x)
     m.to(torch.float64)
     with torch.no_grad():
         out64 = m(x.double())
     assert out64.dtype == torch.float64
+    assert rel_err(out64, ref64) < 1e-12  # a float64 model folds in float64
     m.to(torch.float32)
     with torch.no_grad():
         m.fc.weight.mul_(2)
