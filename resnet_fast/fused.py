@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from . import backend
-from .ops import conv2d_bias_act, nhwc_strides
+from .ops import conv2d_bias_act, fx_symbolic_tracing, nhwc_strides
 
 _CACHE_ATTR = "_resnet_fast_fold_cache"
 
@@ -163,8 +163,9 @@ class FoldCacheMixin:
 
 def fx_tracing() -> bool:
     """torch.fx symbolic tracing (torchvision's create_feature_extractor): values are Proxies, so
-    only the plain reference path, which never branches on a tensor, can be traced."""
-    return torch.fx._symbolic_trace.is_fx_tracing()
+    only the plain reference path, which never branches on a tensor, can be traced. (torch.export
+    and torch.compile trace real fake tensors and take the fused path.)"""
+    return fx_symbolic_tracing()
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:

@@ -150,9 +150,12 @@ def add_relu(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.ops.resnet_fast.add_relu(a, b)
 
 
+fx_symbolic_tracing = getattr(torch.fx._symbolic_trace, "is_fx_tracing_symbolic_tracing", None) or torch.fx._symbolic_trace.is_fx_tracing
+
+
 def residual_add_relu(out: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
     """The residual join ``out += identity; relu_(out)`` of every block that does not fuse it."""
-    if torch.fx._symbolic_trace.is_fx_tracing():  # Proxies: record the op, branch on nothing
+    if fx_symbolic_tracing():  # Proxies: record the op, branch on nothing
         return torch.ops.resnet_fast.add_relu(out, identity)
     if identity.dtype != out.dtype:  # autocast can leave the shortcut in another dtype
         identity = identity.to(out.dtype)
