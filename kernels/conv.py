@@ -50,6 +50,10 @@ def _configs() -> List[triton.Config]:
         (64, 128, 64, 4, 4),
         (64, 64, 64, 4, 4),
         (16, 64, 64, 4, 5),
+        # Narrow tiles for grouped convs with few channels per group (ResNeXt: 4 to 32), where a
+        # 64-wide N tile would be mostly mask. Pruned away for wide problems.
+        (128, 32, 32, 4, 3),
+        (64, 16, 32, 4, 3),
     ]:
         configs.append(triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=warps, num_stages=stages))
     return configs
@@ -59,9 +63,12 @@ def _prune(configs, named_args, **kwargs):
     """Drop tiles far larger than the problem (tiny M at batch 1, few channels per group)."""
     m = named_args["M_BUCKET"]
     ocg = named_args["OCg"]
+    narrow = ocg <= 32
     kept = [
         c for c in configs
-        if c.kwargs["BLOCK_M"] <= max(16, triton.next_power_of_2(m)) and c.kwargs["BLOCK_N"] <= max(32, triton.next_power_of_2(ocg))
+        if c.kwargs["BLOCK_M"] <= max(16, triton.next_power_of_2(m))
+        and c.kwargs["BLOCK_N"] <= max(16, triton.next_power_of_2(ocg))
+        and (narrow or c.kwargs["BLOCK_N"] >= 64)
     ]
     return kept or configs[-1:]
 
