@@ -38,13 +38,3 @@ def float64_reference(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     ref = copy.deepcopy(model).to(device="cpu", dtype=torch.float64)
     with torch.no_grad():
         return ref(x.detach().to(device="cpu", dtype=torch.float64).contiguous())
-
-
-def trained_pair(tv_factory, fast_factory, seed=0, **kwargs):
-    """A torchvision model and a resnet_fast model with the same (trained-looking) weights, eval mode."""
-    torch.manual_seed(seed)
-    tv = tv_factory(**kwargs)
-    randomize_bn(tv, seed)
-    fast = fast_factory(**kwargs)
-    fast.load_state_dict(tv.state_dict())
-    return tv.eval(), fast.eval()

@@ -30,6 +30,14 @@ def _pair(name, **kwargs):
     return tv, fast
 
 
+def _trained(name, bn_seed, **kwargs):
+    """The pair with the same trained-looking BN statistics, both in eval mode."""
+    tv, fast = _pair(name, **kwargs)
+    randomize_bn(tv, bn_seed)
+    fast.load_state_dict(tv.state_dict())
+    return tv.eval(), fast.eval()
+
+
 @pytest.mark.parametrize("name", FACTORIES)
 def test_same_tree_state_dict_and_init(name):
     tv, fast = _pair(name)
@@ -80,10 +88,7 @@ _SIZES = {"resnet18": (97, 131), "resnet34": (97, 131), "resnet50": (97, 131)}
 
 @pytest.mark.parametrize("name", FACTORIES)
 def test_eval_fp32_matches_float64_reference(name):
-    tv, fast = _pair(name)
-    randomize_bn(tv, 11)
-    fast.load_state_dict(tv.state_dict())
-    tv.eval(), fast.eval()
+    tv, fast = _trained(name, 11)
     h, w = _SIZES.get(name, (67, 45))
     x = torch.randn(2, 3, h, w)
     ref = float64_reference(tv, x)
@@ -98,10 +103,7 @@ def test_eval_fp32_matches_float64_reference(name):
 
 @pytest.mark.parametrize("name", FACTORIES)
 def test_eval_bf16_error_within_twice_torchvision(name):
-    tv, fast = _pair(name)
-    randomize_bn(tv, 5)
-    fast.load_state_dict(tv.state_dict())
-    tv.eval(), fast.eval()
+    tv, fast = _trained(name, 5)
     x = torch.randn(2, 3, *_SIZES.get(name, (67, 45)))
     ref = float64_reference(tv, x)
     tv16 = tv.to(torch.bfloat16)
@@ -114,10 +116,7 @@ def test_eval_bf16_error_within_twice_torchvision(name):
 
 
 def test_autocast_bf16_runs_in_bf16_and_matches():
-    tv, fast = _pair("resnet50")
-    randomize_bn(tv, 9)
-    fast.load_state_dict(tv.state_dict())
-    tv.eval(), fast.eval()
+    tv, fast = _trained("resnet50", 9)
     x = torch.randn(2, 3, 71, 83)
     ref = float64_reference(tv, x)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
@@ -128,9 +127,7 @@ def test_autocast_bf16_runs_in_bf16_and_matches():
 
 
 def test_eval_is_fused_no_batchnorm_runs():
-    tv, fast = _pair("resnet50")
-    randomize_bn(tv, 1)
-    fast.load_state_dict(tv.state_dict())
+    tv, fast = _trained("resnet50", 1)
     fast.eval()
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
@@ -149,10 +146,7 @@ def test_eval_is_fused_no_batchnorm_runs():
 
 
 def test_grad_enabled_eval_uses_differentiable_path():
-    tv, fast = _pair("resnet18")
-    randomize_bn(tv, 2)
-    fast.load_state_dict(tv.state_dict())
-    tv.eval(), fast.eval()
+    tv, fast = _trained("resnet18", 2)
     x = torch.randn(2, 3, 45, 53, requires_grad=True)
     x2 = x.detach().clone().requires_grad_()
     tv(x).sum().backward()
@@ -174,9 +168,7 @@ def test_tiny_and_empty_inputs():
 def test_eval_never_writes_into_caller_tensors():
     # The network writes block outputs over activations it created itself; never over the
     # caller's input, nor over a tensor a hook kept.
-    tv, fast = _pair("resnet50")
-    randomize_bn(tv, 3)
-    fast.load_state_dict(tv.state_dict())
+    tv, fast = _trained("resnet50", 3)
     fast.eval()
     x = torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)
     x_copy = x.clone()
