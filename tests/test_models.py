@@ -186,3 +186,15 @@ def test_eval_never_writes_into_caller_tensors():
     with torch.no_grad():
         fast.layer1[1](y)
     assert torch.equal(y, y_copy)
+
+
+def test_eval_fp16_on_cpu_within_twice_torchvision():
+    # oneDNN has no fp16 convolution on most CPUs: the op falls back to F.conv2d + epilogue.
+    tv, fast = _trained("resnet18", 12)
+    x = torch.randn(2, 3, 53, 47)
+    ref = float64_reference(tv, x)
+    with torch.no_grad():
+        tv_err = rel_err(tv.half()(x.half()), ref)
+        out = fast.half()(x.half())
+    assert out.dtype == torch.float16
+    assert rel_err(out, ref) <= 2 * tv_err, (rel_err(out, ref), tv_err)
