@@ -4,7 +4,8 @@ on the same weights and inputs.
 
 Providers: torchvision (eager, NCHW), torchvision_cl (eager, channels_last), torch_compile
 (torchvision channels_last under torch.compile with freezing; mode max-autotune on CUDA; only with
---compile, compile time reported separately), resnet_fast, resnet_fast_graph (CUDA graph, CUDA only).
+--compile, compile time reported separately), resnet_fast, resnet_fast_graph (CUDA graph, CUDA only),
+resnet_fast_torch_backend (CUDA only: the folded model on cuDNN instead of Triton).
 
     python benchmarks/bench_model.py --device cpu --models resnet50 --batch-sizes 16 --compile
     python benchmarks/bench_model.py --device cuda --batch-sizes 1,16,256 --dtype bfloat16 --compile \\
@@ -99,6 +100,15 @@ def run(args) -> int:
             if device == "cuda":
                 import resnet_fast
 
+                fast_model = providers["resnet_fast"][0]
+
+                def cudnn_backend(x, model=fast_model):
+                    # The same folded model with cuDNN convolutions instead of the Triton kernels:
+                    # tells whether a shape is better served by cuDNN.
+                    with resnet_fast.use_backend("torch"):
+                        return model(x)
+
+                providers["resnet_fast_torch_backend"] = (cudnn_backend, False)
                 try:
                     providers["resnet_fast_graph"] = (resnet_fast.cuda_graph(providers["resnet_fast"][0], pool[0]), False)
                 except Exception as e:  # noqa: BLE001
