@@ -93,6 +93,7 @@ def bench_add_relu(args, rows, header, prog):
                          "median_ms": t["median_ms"], "gbps": gbps, "fraction_of_peak": gbps / peak,
                          "speedup_vs_baseline": base / t["median_ms"], "max_rel_err": err if "resnet_fast" in provider else 0.0})
             common.write_json(args.json, header, rows)
+        report(args, header, rows)
         prog.step(f"add_relu {shape}")
 
 
@@ -151,6 +152,7 @@ def bench_conv(args, rows, header, prog):
                          "provider": provider, "median_ms": t["median_ms"], "tflops": tflops, "fraction_of_peak": tflops / peak,
                          "speedup_vs_baseline": base / t["median_ms"], "max_rel_err": err})
             common.write_json(args.json, header, rows)
+        report(args, header, rows)
         prog.step(label)
 
 
@@ -185,14 +187,14 @@ def main(argv=None) -> int:
         bench_add_relu(args, rows, header, prog)
     if "conv" in only:
         bench_conv(args, rows, header, prog)
-    title = f"{header['device_name']}, torch {header['torch']}, triton {header['triton']}, {args.dtype}, batch {args.batch}, {header['date']}"
-    peaks = ", ".join(f"{k} {header[k]:.1f}" for k in ("copy_gbps", "matmul_tflops") if k in header)
-    table = common.markdown_table(rows, COLUMNS)
-    print(f"\n## bench_kernels: {title}\n\nMeasured peaks: {peaks}\n\n{table}")
-    if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(f"## bench_kernels: {title}\n\nCommand: `{header['command']}`\n\nMeasured peaks: {peaks}\n\n{table}\n")
+    print("\n" + report(args, header, rows))
     return 0
+
+
+def report(args, header, rows) -> str:
+    title = f"bench_kernels: {header['device_name']}, torch {header['torch']}, triton {header['triton']}, {args.dtype}, batch {args.batch}, {header['date']}"
+    peaks = ", ".join(f"{k} {header[k]:.1f}" for k in ("copy_gbps", "matmul_tflops") if k in header)
+    return common.write_markdown(args.markdown, title, header, rows, COLUMNS, extra=f"Measured peaks: {peaks}\n\n")
 
 
 if __name__ == "__main__":

@@ -137,20 +137,21 @@ def run(args) -> int:
                     "compile_s": compile_s.get(pname),
                 })
             common.write_json(args.json, header, rows)
+            common.write_markdown(args.markdown, heading(header, args), header, rows, COLUMNS)
             del providers
             if device == "cuda":
                 torch.cuda.empty_cache()
             prog.step(f"{name} batch {batch}")
 
-    table = common.markdown_table(rows, COLUMNS)
-    title = f"{header['device_name']}, torch {header['torch']}, triton {header['triton']}, {args.dtype}, {header['cpu_threads']} CPU threads, {header['date']}"
-    print(f"\n## bench_model: {title}\n\n{table}")
-    if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(f"## bench_model: {title}\n\nCommand: `{header['command']}`\n\n{table}\n")
+    print("\n" + common.write_markdown(args.markdown, heading(header, args), header, rows, COLUMNS))
     if args.plot:
-        plot(rows, args.plot, title)
+        plot(rows, args.plot, heading(header, args))
     return 0
+
+
+def heading(header, args) -> str:
+    return (f"bench_model: {header['device_name']}, torch {header['torch']}, triton {header['triton']}, "
+            f"{args.dtype}, {header['cpu_threads']} CPU threads, {header['date']}")
 
 
 def plot(rows, path, title) -> None:

@@ -106,6 +106,18 @@ def write_json(path: str, header: Dict[str, object], rows: List[Dict[str, object
     os.replace(tmp, path)  # rewritten after every row: a run cut short keeps what it measured
 
 
+def write_markdown(path: str, heading: str, header: Dict[str, object], rows: List[Dict[str, object]],
+                   columns: List[str], extra: str = "") -> str:
+    """The report as markdown; written (when ``path``) after every row, like the JSON."""
+    text = f"## {heading}\n\nCommand: `{header['command']}`\n\n{extra}{markdown_table(rows, columns)}\n"
+    if path:
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    return text
+
+
 def markdown_table(rows: List[Dict[str, object]], columns: List[str]) -> str:
     def fmt(v):
         if isinstance(v, float):
