@@ -67,9 +67,11 @@ def _prune(configs, named_args, **kwargs):
     kept = [
         c for c in configs
         if c.kwargs["BLOCK_M"] <= max(16, triton.next_power_of_2(m))
+        and (c.kwargs["BLOCK_M"] > 16 or m <= 1024)  # 16-row tiles only for tiny M (batch 1, layer4)
         and c.kwargs["BLOCK_N"] <= max(16, triton.next_power_of_2(ocg))
         and (narrow or c.kwargs["BLOCK_N"] >= 64)
     ]
+    # Every kept config is compiled on first use (per specialisation): keep the list short.
     return kept or configs[-1:]
 
 
@@ -95,7 +97,10 @@ _BENCH_ARGS = (
     prune_configs_by={"early_config_prune": _prune},
     **_BENCH_ARGS,
 )
-@triton.jit
+# Sizes and conv geometry are plain runtime ints: specialising them (==1, divisible by 16) would
+# compile a new variant per batch size and image size. Strides and channel counts stay specialised,
+# their divisibility lets the loads vectorise.
+@triton.jit(do_not_specialize=["N", "H", "W", "OH", "OW", "M_BUCKET", "stride_h", "stride_w", "pad_h", "pad_w", "dil_h", "dil_w"])
 def _conv2d_bias_act_kernel(
     x_ptr, w_ptr, b_ptr, r_ptr, y_ptr,
     N, H, W, OH, OW, OC, Cg, OCg, M_BUCKET,
