@@ -198,3 +198,27 @@ def test_eval_fp16_on_cpu_within_twice_torchvision():
         out = fast.half()(x.half())
     assert out.dtype == torch.float16
     assert rel_err(out, ref) <= 2 * tv_err, (rel_err(out, ref), tv_err)
+
+
+def test_common_model_surgery_matches_torchvision():
+    # What users do to a torchvision ResNet: a 1-channel or CIFAR stem, no max-pool, a new head,
+    # the classifier dropped for features. The fast model must follow the same edits.
+    def edit(m):
+        torch.manual_seed(21)
+        m.conv1 = nn.Conv2d(1, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        m.maxpool = nn.Identity()
+        m.fc = nn.Linear(m.fc.in_features, 10)
+        return m
+
+    tv, fast = _trained("resnet18", 14)
+    tv, fast = edit(tv).eval(), edit(fast).eval()
+    fast.load_state_dict(tv.state_dict())
+    x = torch.randn(3, 1, 33, 29)
+    ref = float64_reference(tv, x)
+    with torch.no_grad():
+        assert rel_err(fast(x), ref) < 1e-4
+        with pytest.raises(ValueError, match="expected 1 input channels, got 3"):
+            fast(torch.randn(1, 3, 32, 32))
+        tv.fc = nn.Identity()
+        fast.fc = nn.Identity()
+        assert rel_err(fast(x), tv(x)) < 1e-5
