@@ -46,3 +46,12 @@ def test_bench_kernels_smoke(tmp_path):
     data = json.loads(out.read_text())
     assert data["copy_gbps"] > 0
     assert {r["provider"] for r in data["rows"]} == {"torch add_+relu_", "resnet_fast add_relu_"}
+
+
+def test_python_m_resnet_fast_smoke():
+    proc = subprocess.run([sys.executable, "-m", "resnet_fast", "--batch-size", "1", "--size", "64", "--iters", "1"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    for needle in ("CUDA", "Triton", "extension resnet_fast._C", "compiled", "backend", "resnet_fast", "max rel. error", "speedup"):
+        assert needle in out, out
