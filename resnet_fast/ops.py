@@ -6,6 +6,8 @@
                               schemas are defined here with a PyTorch body.
 ``conv2d_bias_act``           ``relu?(conv2d(x, weight) + bias + residual)`` for folded conv+BN:
                               Triton on CUDA (or anywhere when forced), oneDNN/PyTorch otherwise.
+``conv2d_bias_act_add_``      the same written into the residual's memory (block epilogues whose
+                              shortcut tensor the network owns).
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ _lib = torch.library.Library("resnet_fast", "FRAGMENT")
 # add_relu
 # --------------------------------------------------------------------------------------------
 def _check_add_relu(a: torch.Tensor, b: torch.Tensor, name: str) -> None:
-    # The same checks, with the same wording, as csrc/add_relu.cpp.
+    # The same checks, with the same wording, as csrc/add_relu_common.cpp.
     if a.shape != b.shape:
         raise RuntimeError(f"{name}: shape mismatch, self is {list(a.shape)} but other is {list(b.shape)}")
     if a.dtype != b.dtype:
