@@ -99,7 +99,7 @@ def bench_add_relu(args, rows, header, prog):
 
 def bench_conv(args, rows, header, prog):
     import resnet_fast
-    from resnet_fast.fused import to_oc_last
+    from resnet_fast.fused import to_oc_last, weight_layout
 
     dtype = getattr(torch, args.dtype)
     peak = peak_tflops(args.device, dtype)
@@ -116,7 +116,8 @@ def bench_conv(args, rows, header, prog):
         bias_t = bias.to(dtype)
         r = torch.randn(n, oc, oh, oh, device=args.device, dtype=dtype).contiguous(memory_format=torch.channels_last) if res else None
         flops = 2 * n * oh * oh * oc * c * k * k
-        weight_for_op = w_oc if (cuda and resnet_fast.backend.use_triton(x.device)) else w_cl
+        # The layout the model's fold would give this weight on this device and dtype.
+        weight_for_op = w_oc if weight_layout(x.device, dtype) == "oc_last" else w_cl
 
         def fused(i):
             return resnet_fast.ops.conv2d_bias_act(x, weight_for_op, bias, r, [s, s], [p, p], [1, 1], 1, relu)

@@ -35,12 +35,13 @@ class ResidualBlock(fused.FoldCacheMixin, nn.Module):
     def _can_fuse(self, x: Tensor) -> bool:
         if type(self.relu) is not nn.ReLU:
             return False
-        parts = [m for pair in self._stage_modules() for m in pair]
+        pairs = self._stage_modules()
+        parts = [m for pair in pairs for m in pair]
         shortcut = getattr(self, self.shortcut_name)
         if shortcut is not None:
             parts.extend(shortcut.modules())
         parts.append(self.relu)
-        return fused.fused_allowed(self, x, parts) and all(fused.foldable(c, n) for c, n in self._stage_modules())
+        return fused.fused_allowed(self, x, parts) and all(fused.foldable(c, n) for c, n in pairs)
 
     def _forward_reference(self, x: Tensor) -> Tensor:
         out = x
