@@ -3,8 +3,9 @@
 GEMM view, per group g: M = N·OH·OW output pixels, N = OC/groups output channels,
 K = KH·KW·C/groups. Activations are channels_last, so a row of A (one output pixel, a run of input
 channels at one tap) is contiguous, and the output tile [pixels, channels] is a contiguous block of
-the NHWC output. The weight may come in any strides; the fold stores it output-channel-innermost
-(memory [KH, KW, C/groups, OC], ``resnet_fast.fused.to_oc_last``) so that B tiles load coalesced.
+the NHWC output. The kernel wants the weight output-channel-innermost (memory [KH, KW, C/groups, OC],
+``resnet_fast.fused.to_oc_last``) so that B tiles load coalesced; the fold stores it that way, the
+launcher repacks any other layout.
 
 Two ways to walk K, picked per problem by a constexpr:
 * per-tap (``FLAT_K=False``): for each (kh, kw) a loop over input-channel blocks, halo masked once
@@ -25,6 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
+from resnet_fast.fused import to_oc_last
 from resnet_fast.ops import nhwc_strides
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -42,16 +44,24 @@ def _configs() -> List[triton.Config]:
     configs = []
     # Hopper: 132 SMs, 228 KB shared memory per SM. Large tiles for the big-M early layers, narrower
     # ones for the small-M late layers and small batches, deep pipelines to hide the gather latency.
-    # Kept short on purpose: every config is compiled per kernel specialisation on first use.
+    # Kept short on purpose: every config is compiled per kernel specialisation on first use. Each
+    # was checked with benchmarks/sass_report.py (Triton 3.6 and 3.8, sm_90): HGMMA, asynchronous
+    # copies, no spills for the walks it is kept for. 128x256 tiles spill with a residual epilogue.
     for bm, bn, bk, warps, stages in [
+        # Channel-block walks (1x1 GEMM, per-tap): K steps of 64 channels.
         (128, 128, 64, 8, 3),
-        (128, 256, 64, 8, 3),
+        (128, 128, 64, 8, 4),
         (128, 64, 64, 4, 4),
         (64, 128, 64, 4, 4),
         (64, 64, 64, 4, 4),
-        (16, 64, 64, 4, 5),
-        # Narrow tiles for grouped convs with few channels per group (ResNeXt: 4 to 32), where a
-        # 64-wide N tile would be mostly mask. Pruned away for wide problems.
+        (16, 64, 64, 4, 5),  # tiny M: batch 1 in layer3/4
+        # Flat-K walk (stem, few channels per group): the element-wise (kh, kw, c) gather costs
+        # registers; with K steps of 64 and 4 warps a 128-row tile spills.
+        (128, 128, 32, 8, 3),
+        (128, 64, 32, 8, 4),
+        (64, 64, 32, 4, 4),
+        # Narrow tiles for grouped convs with few output channels per group (ResNeXt: 4 to 32),
+        # where a 64-wide N tile would be mostly mask. Pruned away for wide problems.
         (128, 32, 32, 4, 3),
         (64, 16, 32, 4, 3),
     ]:
@@ -60,16 +70,24 @@ def _configs() -> List[triton.Config]:
 
 
 def _prune(configs, named_args, **kwargs):
-    """Drop tiles far larger than the problem (tiny M at batch 1, few channels per group)."""
+    """The configs made for this problem's K walk, minus tiles far larger than the problem (tiny M at
+    batch 1, few channels per group)."""
     m = named_args["M_BUCKET"]
     ocg = named_args["OCg"]
+    flat_k = bool(kwargs.get("FLAT_K", named_args.get("FLAT_K", False)))
     narrow = ocg <= 32
+
+    def wanted(c):
+        bm, bn, bk = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]
+        if bn < 64:
+            return narrow
+        return (bk == 32) == flat_k and (bm > 16 or m <= 1024)  # 16-row tiles only for tiny M
+
     kept = [
         c for c in configs
-        if c.kwargs["BLOCK_M"] <= max(16, triton.next_power_of_2(m))
-        and (c.kwargs["BLOCK_M"] > 16 or m <= 1024)  # 16-row tiles only for tiny M (batch 1, layer4)
+        if wanted(c)
+        and c.kwargs["BLOCK_M"] <= max(16, triton.next_power_of_2(m))
         and c.kwargs["BLOCK_N"] <= max(16, triton.next_power_of_2(ocg))
-        and (narrow or c.kwargs["BLOCK_N"] >= 64)
     ]
     # Every kept config is compiled on first use (per specialisation): keep the list short.
     return kept or configs[-1:]
@@ -104,14 +122,17 @@ _BENCH_ARGS = (
 def _conv2d_bias_act_kernel(
     x_ptr, w_ptr, b_ptr, r_ptr, y_ptr,
     N, H, W, OH, OW, OC, Cg, OCg, M_BUCKET,
-    sxn, sxh, sxw, sxc,
-    swo, swc, swh, sww,
+    sxn, sxh, sxw,
+    swc, swh, sww,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     KH: tl.constexpr, KW: tl.constexpr,
     FLAT_K: tl.constexpr, GEMM_1X1: tl.constexpr,
     HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
+    # Unit strides are implied, not passed: x's channels and the weight's output channels are
+    # innermost (the launcher guarantees both), so every A row and B row is a contiguous run that
+    # the compiler can load 16 bytes at a time and pipeline with asynchronous copies.
     pid = tl.program_id(0)
     g = tl.program_id(1)
     M = N * OH * OW
@@ -129,18 +150,17 @@ def _conv2d_bias_act_kernel(
     mask_m = offs_m < M
     mask_n = offs_n < OCg
     oc = g * OCg + offs_n
-    w_cols = oc.to(tl.int64) * swo
     offs_k = tl.arange(0, BLOCK_K)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
 
     if GEMM_1X1:
         # x is [M, C] row-major: pixel m's channels start at m * sxw.
-        a_rows = offs_m * sxw + g * Cg * sxc
+        a_rows = offs_m * sxw + g * Cg
         for c0 in range(0, Cg, BLOCK_K):
             c = c0 + offs_k
             mask_c = c < Cg
-            a = tl.load(x_ptr + a_rows[:, None] + c[None, :] * sxc, mask=mask_m[:, None] & mask_c[None, :], other=0.0)
-            b = tl.load(w_ptr + w_cols[None, :] + c[:, None] * swc, mask=mask_c[:, None] & mask_n[None, :], other=0.0)
+            a = tl.load(x_ptr + a_rows[:, None] + c[None, :], mask=mask_m[:, None] & mask_c[None, :], other=0.0)
+            b = tl.load(w_ptr + oc[None, :] + c[:, None] * swc, mask=mask_c[:, None] & mask_n[None, :], other=0.0)
             acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
     else:
         ow = offs_m % OW
@@ -148,7 +168,7 @@ def _conv2d_bias_act_kernel(
         n = offs_m // (OW * OH)
         ih0 = oh * stride_h - pad_h
         iw0 = ow * stride_w - pad_w
-        x_rows = n * sxn + g * Cg * sxc
+        x_rows = n * sxn + g * Cg
         if FLAT_K:
             K = KH * KW * Cg
             for k0 in range(0, K, BLOCK_K):
@@ -160,24 +180,29 @@ def _conv2d_bias_act_kernel(
                 ih = ih0[:, None] + (kh * dil_h)[None, :]
                 iw = iw0[:, None] + (kw * dil_w)[None, :]
                 a_mask = mask_m[:, None] & mask_k[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-                a = tl.load(x_ptr + x_rows[:, None] + ih * sxh + iw * sxw + (c * sxc)[None, :], mask=a_mask, other=0.0)
+                a = tl.load(x_ptr + x_rows[:, None] + ih * sxh + iw * sxw + c[None, :], mask=a_mask, other=0.0)
                 w_rows = c * swc + kh * swh + kw * sww
-                b = tl.load(w_ptr + w_cols[None, :] + w_rows[:, None], mask=mask_k[:, None] & mask_n[None, :], other=0.0)
+                b = tl.load(w_ptr + oc[None, :] + w_rows[:, None], mask=mask_k[:, None] & mask_n[None, :], other=0.0)
                 acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
         else:
-            for kh in tl.static_range(KH):
-                for kw in tl.static_range(KW):
-                    ih = ih0 + kh * dil_h
-                    iw = iw0 + kw * dil_w
-                    valid = mask_m & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-                    a_rows = x_rows + ih * sxh + iw * sxw
-                    w_tap = kh * swh + kw * sww
-                    for c0 in range(0, Cg, BLOCK_K):
-                        c = c0 + offs_k
-                        mask_c = c < Cg
-                        a = tl.load(x_ptr + a_rows[:, None] + c[None, :] * sxc, mask=valid[:, None] & mask_c[None, :], other=0.0)
-                        b = tl.load(w_ptr + w_cols[None, :] + w_tap + c[:, None] * swc, mask=mask_c[:, None] & mask_n[None, :], other=0.0)
-                        acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+            # One loop over (tap, channel block) pairs rather than a loop per tap: with 64 channels
+            # a tap is a single K step, and only one loop lets the pipeliner overlap the next taps'
+            # loads with this tap's MMA. The tap and channel offsets are scalar per iteration.
+            c_blocks = tl.cdiv(Cg, BLOCK_K)
+            for it in range(0, KH * KW * c_blocks):
+                tap = it // c_blocks
+                c = (it - tap * c_blocks) * BLOCK_K + offs_k
+                kh = tap // KW
+                kw = tap - kh * KW
+                ih = ih0 + kh * dil_h
+                iw = iw0 + kw * dil_w
+                valid = mask_m & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+                mask_c = c < Cg
+                a = tl.load(x_ptr + (x_rows + ih * sxh + iw * sxw)[:, None] + c[None, :],
+                            mask=valid[:, None] & mask_c[None, :], other=0.0)
+                b = tl.load(w_ptr + oc[None, :] + (kh * swh + kw * sww) + c[:, None] * swc,
+                            mask=mask_c[:, None] & mask_n[None, :], other=0.0)
+                acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
 
     # Epilogue: the output (and residual) are channels_last, i.e. a row-major [M, OC] matrix.
     acc += tl.load(b_ptr + oc, mask=mask_n, other=0.0).to(tl.float32)[None, :]
@@ -225,6 +250,10 @@ def conv2d_bias_act(
         return y
     if x.stride() != nhwc_strides(n, c, h, w):
         x = torch.empty_strided(x.shape, nhwc_strides(n, c, h, w), dtype=x.dtype, device=x.device).copy_(x)
+    if oc > 1 and weight.stride(0) != 1:
+        # The kernel takes output channels as the weight's unit stride (coalesced B tiles); folded
+        # weights already come that way (resnet_fast.fused.to_oc_last), others are repacked here.
+        weight = to_oc_last(weight)
     if residual is not None and (residual.stride() != y.stride() or residual.dtype != y.dtype):
         residual = torch.empty_like(y).copy_(residual)
     ocg = oc // groups
@@ -243,8 +272,8 @@ def conv2d_bias_act(
     _conv2d_bias_act_kernel[grid](
         x, weight, bias, residual if residual is not None else y, y,
         n, h, w, oh, ow, oc, cg, ocg, triton.next_power_of_2(n * oh * ow),
-        x.stride(0), x.stride(2), x.stride(3), x.stride(1),
-        weight.stride(0), weight.stride(1), weight.stride(2), weight.stride(3),
+        x.stride(0), x.stride(2), x.stride(3),
+        weight.stride(1), weight.stride(2), weight.stride(3),
         stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
         KH=kh, KW=kw, FLAT_K=flat_k, GEMM_1X1=gemm_1x1,
         HAS_RESIDUAL=residual is not None, RELU=relu, INPUT_PRECISION=precision,
@@ -254,18 +283,47 @@ def conv2d_bias_act(
 
 
 def aot_compile(dtype: str, kernel: int, flat_k: bool, gemm_1x1: bool, residual: bool, relu: bool,
-                precision: str, config: triton.Config, arch: int = 90):
+                precision: str, config: triton.Config, arch: int = 90, channels: int = 64,
+                out_channels: int = 64, groups: int = 1):
     """Compile one specialisation for an NVIDIA target without a GPU (ptxas ships with Triton):
-    the CPU-side check that the kernel still builds for real hardware. Needs TRITON_INTERPRET unset."""
-    from triton.backends.compiler import GPUTarget
+    the CPU-side check that the kernel still builds for real hardware, and what the SASS reports
+    read (benchmarks/sass_report.py). Needs TRITON_INTERPRET unset.
+
+    Integer arguments are specialised as the JIT specialises them at run time (1 becomes a
+    constant, a multiple of 16 gets a divisibility hint, pointers are 16-byte aligned) for a batch-256
+    56x56 input with ``channels`` in and ``out_channels`` out, so the code compiled here is the code
+    a GPU would run for such a layer.
+    """
+    from triton.backends.compiler import BaseBackend, GPUTarget
     from triton.compiler import ASTSource
 
-    fn = _conv2d_bias_act_kernel.fn
+    jit_fn = _conv2d_bias_act_kernel.fn
+    cg, ocg = channels // groups, out_channels // groups
+    n, h, w = 256, 56, 56
+    example = dict(N=n, H=h, W=w, OH=h, OW=w, OC=out_channels, Cg=cg, OCg=ocg, M_BUCKET=n * h * w,
+                   sxn=h * w * channels, sxh=w * channels, sxw=channels,
+                   swc=out_channels, swh=kernel * cg * out_channels, sww=cg * out_channels,
+                   stride_h=1, stride_w=1, pad_h=kernel // 2, pad_w=kernel // 2, dil_h=1, dil_w=1)
     constexprs = dict(KH=kernel, KW=kernel, FLAT_K=flat_k, GEMM_1X1=gemm_1x1, HAS_RESIDUAL=residual, RELU=relu,
                       INPUT_PRECISION=precision, **config.kwargs)
-    signature = {name: "i32" for name in fn.arg_names}
-    signature.update({"x_ptr": "*" + dtype, "w_ptr": "*" + dtype, "b_ptr": "*fp32", "r_ptr": "*" + dtype, "y_ptr": "*" + dtype})
-    signature.update({name: "constexpr" for name in constexprs})
-    src = ASTSource(fn=fn, signature=signature, constexprs={(fn.arg_names.index(k),): v for k, v in constexprs.items()})
+    signature, attrs = {}, {}
+    for i, name in enumerate(jit_fn.arg_names):
+        if name in constexprs:
+            signature[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            signature[name] = "*" + ("fp32" if name == "b_ptr" else dtype)
+            attrs[(i,)] = BaseBackend.parse_attr("D")
+        else:
+            value = example[name]
+            if name in jit_fn.do_not_specialize or i in jit_fn.do_not_specialize:
+                signature[name] = "i32"
+            elif value == 1:
+                signature[name] = "constexpr"
+                constexprs[name] = 1
+            else:
+                signature[name] = "i32"
+                attrs[(i,)] = BaseBackend.parse_attr("D" if value % 16 == 0 else "")
+    src = ASTSource(fn=jit_fn, signature=signature, attrs=attrs,
+                    constexprs={(jit_fn.arg_names.index(k),): v for k, v in constexprs.items()})
     options = {"num_warps": config.num_warps, "num_stages": config.num_stages}
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)

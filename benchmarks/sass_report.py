@@ -1,0 +1,105 @@
+"""What the Triton conv compiles to on Hopper, read without a GPU (ptxas and cuobjdump ship with
+Triton): per specialisation and autotune config, registers, spills (local-memory loads/stores in
+the SASS), shared memory, and the instruction mix that decides speed: HGMMA (Hopper warpgroup MMA)
+rather than HMMA, LDGSTS (asynchronous global->shared copies, i.e. a software pipeline) rather than
+plain LDG, and how wide the loads are.
+
+    python benchmarks/sass_report.py [--arch 90] [--only stem_7x7,3x3] [--markdown PATH] [--json PATH]
+
+Each specialisation is compiled with the configs the autotuner keeps for a batch-256 ResNet-50
+layer of that kind (``_prune``), its integer arguments specialised as the JIT would at run time.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+os.environ.pop("TRITON_INTERPRET", None)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
+
+import triton  # noqa: E402
+
+from resnet_fast.kernels import conv as K  # noqa: E402
+
+# name: (dtype, kernel, flat_k, gemm_1x1, residual, relu, precision, channels, out_channels, groups)
+SPECS = {
+    "conv3_1x1_residual": ("bf16", 1, False, True, True, True, "tf32", 64, 256, 1),
+    "conv1_1x1": ("bf16", 1, False, True, False, True, "tf32", 256, 64, 1),
+    "3x3": ("bf16", 3, False, False, False, True, "tf32", 64, 64, 1),
+    "3x3_c256": ("bf16", 3, False, False, False, True, "tf32", 256, 256, 1),
+    "1x1_s2_projection": ("bf16", 1, False, False, False, False, "tf32", 256, 512, 1),
+    "stem_7x7": ("bf16", 7, True, False, False, True, "tf32", 3, 64, 1),
+    "3x3_grouped_g32": ("bf16", 3, True, False, False, True, "tf32", 128, 128, 32),
+}
+
+
+def _cuobjdump(cubin: bytes, flag: str) -> str:
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+        f.write(cubin)
+    try:
+        return subprocess.run([tool, flag, f.name], capture_output=True, text=True, check=True).stdout
+    finally:
+        os.unlink(f.name)
+
+
+def report(spec, config, arch):
+    kernel = K.aot_compile(*spec[:7], config=config, arch=arch, channels=spec[7], out_channels=spec[8], groups=spec[9])
+    sass = _cuobjdump(kernel.asm["cubin"], "-sass")
+    usage = _cuobjdump(kernel.asm["cubin"], "-res-usage")
+    regs = re.search(r"REG:(\d+)", usage)
+    stack = re.search(r"STACK:(\d+)", usage)
+    ops = collections.Counter(
+        re.findall(r"^\s+/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]+(?:\.[A-Z0-9_]+)*)", sass, re.M))
+    base = collections.Counter()
+    for op, n in ops.items():
+        base[op.split(".")[0]] += n
+    wide = sum(n for op, n in ops.items() if op.startswith(("LDG", "LDGSTS")) and ".128" in op)
+    loads = base["LDG"] + base["LDGSTS"]
+    return {
+        "BLOCK": "x".join(str(config.kwargs[k]) for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K")),
+        "warps": config.num_warps, "stages": config.num_stages,
+        "smem_KB": kernel.metadata.shared // 1024,
+        "HGMMA": base["HGMMA"], "HMMA": base["HMMA"], "LDGSTS": base["LDGSTS"], "LDG": base["LDG"],
+        "128-bit loads": f"{wide}/{loads}", "LDL": base["LDL"], "STL": base["STL"],
+        "regs": regs.group(1) if regs else "?", "stack": stack.group(1) if stack else "?",
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", type=int, default=90)
+    parser.add_argument("--only", default="", help="comma-separated spec names (default: all)")
+    parser.add_argument("--markdown", default=None)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+    names = [n for n in SPECS if not args.only or n in args.only.split(",")]
+    lines = [f"Triton {triton.__version__}, sm_{args.arch}", ""]
+    results = {}
+    for name in names:
+        spec = SPECS[name]
+        configs = K._prune(K._configs(), {"M_BUCKET": 1 << 20, "OCg": spec[8] // spec[9]}, FLAT_K=spec[2])
+        rows = results[name] = [report(spec, cfg, args.arch) for cfg in configs]
+        cols = list(rows[0])
+        lines += [f"### {name} {spec}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
+        lines.append("")
+        print("\n".join(lines[-len(rows) - 4:]), flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"triton": triton.__version__, "arch": args.arch, "specs": {n: list(SPECS[n]) for n in names},
+                       "rows": results}, f, indent=1)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
