@@ -17,7 +17,8 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT" || exit 1
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
-PY=${PYTHON:-python}
+# The lent machines have python3 (the interpreter that holds torch) and may have no plain python.
+PY=${PYTHON:-$(command -v python3 || command -v python)}
 # A bare checkout also works: the package maps kernels/ itself when it is not installed.
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
@@ -82,6 +83,12 @@ step model_fp16   "${T_MODEL_FP16:-35}"  $PY benchmarks/bench_model.py --device 
     grep -h "^extension:\|^cuda add_relu" "$OUT/extension.log" 2>/dev/null
     echo
     echo "Tests: $(grep -E '(passed|failed|error)' "$OUT/tests.log" 2>/dev/null | tail -n 1)"
+    echo
+    grep -E '^(FAILED|ERROR) ' "$OUT/tests.log" 2>/dev/null | head -n 20
+    echo
+    echo "## Targets"
+    echo
+    $PY benchmarks/targets.py "$OUT" 2>&1
     echo
     for f in kernels-bf16 model-bf16 model-fp16; do
       [ -f "$OUT/$f.md" ] && { cat "$OUT/$f.md"; echo; }

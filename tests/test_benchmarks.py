@@ -55,3 +55,49 @@ def test_python_m_resnet_fast_smoke():
     out = proc.stdout
     for needle in ("CUDA", "Triton", "extension resnet_fast._C", "compiled", "backend", "resnet_fast", "max rel. error", "speedup"):
         assert needle in out, out
+
+
+def test_device_run_brings_back_at_most_eight_files(tmp_path):
+    out = tmp_path / "OUT"
+    out.mkdir()
+    env = {**os.environ, "OUT": str(out), "SUITE_DIR": str(tmp_path / "suite")}
+    proc = subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "device_run.sh"), "--dry-run"],
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 0, proc.stderr
+    files = sorted(p.name for p in out.iterdir())
+    assert "summary.md" in files and "gpu_suite_logs.tgz" in files and len(files) <= 8, files
+
+
+def _targets(outdir):
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import targets
+    finally:
+        sys.path.pop(0)
+    return {key: (m, v) for key, _, m, v in targets.evaluate(str(outdir))}
+
+
+def test_targets_verdicts(tmp_path):
+    # Made-up numbers in the bench scripts' row format: one target met, one missed, for each kind.
+    conv = lambda shape, prov, ms: {"kernel": "conv2d_bias_act", "shape": shape, "provider": prov, "median_ms": ms}  # noqa: E731
+    kernels = {"copy_gbps": 3000.0, "rows": [
+        {"kernel": "add_relu_", "shape": "a", "provider": "resnet_fast add_relu_", "gbps": 2850.0, "fraction_of_peak": 0.95},
+        {"kernel": "add_relu_", "shape": "b", "provider": "resnet_fast add_relu_", "gbps": 2400.0, "fraction_of_peak": 0.80},
+        conv("s1", "torch conv + separate bias/add/relu", 2.0), conv("s1", "resnet_fast fused", 1.0),
+        conv("s2", "torch conv + separate bias/add/relu", 1.0), conv("s2", "resnet_fast fused", 1.25)]}
+    model = {"rows": [
+        {"provider": "torchvision_cl", "model": "resnet50", "batch_size": 256, "median_ms": 30.0},
+        {"provider": "resnet_fast", "model": "resnet50", "batch_size": 256, "median_ms": 14.0},
+        {"provider": "resnet_fast_graph", "model": "resnet50", "batch_size": 1, "median_ms": 0.75}]}
+    (tmp_path / "kernels-bf16.json").write_text(json.dumps(kernels))
+    (tmp_path / "model-bf16.json").write_text(json.dumps(model))
+    (tmp_path / "tests.log").write_text("...\n==== 3 failed, 54 passed in 80.1s ====\n")
+    got = _targets(tmp_path)
+    assert got["add_relu_bandwidth"][1] == "NOT met" and "80%" in got["add_relu_bandwidth"][0]
+    assert got["conv_vs_unfused"][1] == "NOT met" and "1/2 shapes" in got["conv_vs_unfused"][0] and "0.80x" in got["conv_vs_unfused"][0]
+    assert got["model_2x"][1] == "met" and "2.14x" in got["model_2x"][0]
+    assert got["graph_latency"] == ("0.750 ms", "NOT met")
+    assert got["gpu_tests"][1] == "NOT met"
+    # Nothing measured: every verdict says so instead of passing.
+    empty = _targets(tmp_path / "nothing")
+    assert all(v == "not measured" for _, v in empty.values())

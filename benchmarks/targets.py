@@ -1,0 +1,130 @@
+#!/usr/bin/env python
+"""The acceptance targets of the GPU issues, read off a gpu_suite output folder: one table that says
+for each target what was measured and whether it holds.
+
+    python benchmarks/targets.py OUTDIR [--markdown PATH]
+
+Targets (DESIGN.md §5, issues 3-5), all ratios from one process:
+* add_relu_ at >= 90% of the device-to-device copy bandwidth measured in the same run;
+* the fused conv at least as fast as cuDNN conv + separate bias/add/ReLU on every ResNet-50 shape;
+* resnet50 eval bf16 batch 256: resnet_fast >= 2x torchvision eager channels_last;
+* resnet50 bf16 batch 1 through resnet_fast.cuda_graph under 0.6 ms;
+* the GPU tests all pass.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from typing import List, Optional, Tuple
+
+
+def _load(path: str) -> Optional[dict]:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _row(rows, **match) -> Optional[dict]:
+    for r in rows:
+        if all(r.get(k) == v for k, v in match.items()):
+            return r
+    return None
+
+
+def evaluate(outdir: str) -> List[Tuple[str, str, str, str]]:
+    """(id, target, measured, verdict) rows; verdict is 'met', 'NOT met' or 'not measured'."""
+    out = []
+    kernels = _load(os.path.join(outdir, "kernels-bf16.json"))
+    model = _load(os.path.join(outdir, "model-bf16.json"))
+
+    target = "add_relu_ >= 90% of copy bandwidth (every ResNet-50 size)"
+    rows = [r for r in (kernels or {}).get("rows", []) if r.get("provider") == "resnet_fast add_relu_"]
+    if rows:
+        worst = min(rows, key=lambda r: r["fraction_of_peak"])
+        out.append(("add_relu_bandwidth", target, f"worst {worst['fraction_of_peak']:.0%} ({worst['gbps']:.0f} GB/s at {worst['shape']}), "
+                            f"copy {kernels.get('copy_gbps', 0):.0f} GB/s", "met" if worst["fraction_of_peak"] >= 0.9 else "NOT met"))
+    else:
+        out.append(("add_relu_bandwidth", target, "-", "not measured"))
+
+    target = "fused conv >= cuDNN conv + separate epilogue (every ResNet-50 shape, bf16 b256)"
+    conv = [r for r in (kernels or {}).get("rows", []) if r.get("kernel") == "conv2d_bias_act"]
+    shapes = sorted({r["shape"] for r in conv})
+    ratios = []
+    for shape in shapes:
+        fused = _row(conv, shape=shape, provider="resnet_fast fused")
+        base = _row(conv, shape=shape, provider="torch conv + separate bias/add/relu")
+        if fused and base:
+            ratios.append((base["median_ms"] / fused["median_ms"], shape))
+    if ratios:
+        met = sum(1 for r, _ in ratios if r >= 1.0)
+        worst = min(ratios)
+        total_fused = sum(_row(conv, shape=s, provider="resnet_fast fused")["median_ms"] for _, s in ratios)
+        total_base = sum(_row(conv, shape=s, provider="torch conv + separate bias/add/relu")["median_ms"] for _, s in ratios)
+        out.append(("conv_vs_unfused", target, f"{met}/{len(ratios)} shapes; worst {worst[0]:.2f}x ({worst[1]}); sum of shapes "
+                            f"{total_base / total_fused:.2f}x", "met" if met == len(ratios) else "NOT met"))
+    else:
+        out.append(("conv_vs_unfused", target, "-", "not measured"))
+
+    target = "resnet50 bf16 b256: resnet_fast >= 2x torchvision channels_last"
+    mrows = (model or {}).get("rows", [])
+    fast = _row(mrows, provider="resnet_fast", batch_size=256, model="resnet50")
+    tv_cl = _row(mrows, provider="torchvision_cl", batch_size=256, model="resnet50")
+    if fast and tv_cl:
+        ratio = tv_cl["median_ms"] / fast["median_ms"]
+        extra = ""
+        comp = _row(mrows, provider="torch_compile", batch_size=256, model="resnet50")
+        if comp:
+            extra = f"; torch.compile {tv_cl['median_ms'] / comp['median_ms']:.2f}x"
+        out.append(("model_2x", target, f"{ratio:.2f}x ({fast['median_ms']:.2f} vs {tv_cl['median_ms']:.2f} ms){extra}",
+                    "met" if ratio >= 2.0 else "NOT met"))
+    else:
+        out.append(("model_2x", target, "-", "not measured"))
+
+    target = "resnet50 bf16 b1 via cuda_graph < 0.6 ms"
+    graph = _row(mrows, provider="resnet_fast_graph", batch_size=1, model="resnet50")
+    if graph:
+        out.append(("graph_latency", target, f"{graph['median_ms']:.3f} ms", "met" if graph["median_ms"] < 0.6 else "NOT met"))
+    else:
+        out.append(("graph_latency", target, "-", "not measured"))
+
+    target = "pytest -m gpu all pass"
+    try:
+        with open(os.path.join(outdir, "tests.log")) as f:
+            lines = [ln for ln in f.read().splitlines() if re.search(r"\d+ (passed|failed|error)", ln)]
+    except OSError:
+        lines = []
+    if lines:
+        last = lines[-1].strip("= ")
+        bad = re.search(r"\d+ (failed|error)", last)
+        out.append(("gpu_tests", target, last, "NOT met" if bad else "met"))
+    else:
+        out.append(("gpu_tests", target, "-", "not measured"))
+    return out
+
+
+def markdown(rows) -> str:
+    lines = ["| target | measured | verdict |", "|---|---|---|"]
+    lines += [f"| {t} | {m} | {'**' + v + '**' if v == 'NOT met' else v} |" for _, t, m, v in rows]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("outdir")
+    p.add_argument("--markdown", default=None)
+    args = p.parse_args(argv)
+    text = markdown(evaluate(args.outdir))
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
