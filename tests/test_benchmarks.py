@@ -98,6 +98,11 @@ def test_targets_verdicts(tmp_path):
     assert got["model_2x"][1] == "met" and "2.14x" in got["model_2x"][0]
     assert got["graph_latency"] == ("0.750 ms", "NOT met")
     assert got["gpu_tests"][1] == "NOT met"
+    # pytest killed by the step's time limit: the -v lines still count.
+    (tmp_path / "tests.log").write_text("tests/test_a.py::t1 PASSED [ 1%]\ntests/test_a.py::t2 PASSED [ 2%]\n")
+    assert _targets(tmp_path)["gpu_tests"] == ("cut off after 2 passed", "not measured")
+    (tmp_path / "tests.log").write_text("tests/test_a.py::t1 PASSED [ 1%]\ntests/test_a.py::t2 FAILED [ 2%]\n")
+    assert _targets(tmp_path)["gpu_tests"][1] == "NOT met"
     # Nothing measured: every verdict says so instead of passing.
     empty = _targets(tmp_path / "nothing")
     assert all(v == "not measured" for _, v in empty.values())
