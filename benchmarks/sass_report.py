@@ -84,7 +84,8 @@ def main(argv=None) -> int:
     results = {}
     for name in names:
         spec = SPECS[name]
-        configs = K._prune(K._configs(), {"M_BUCKET": 1 << 20, "OCg": spec[8] // spec[9]}, FLAT_K=spec[2])
+        configs = K._prune(K._configs(), {"M_BUCKET": 1 << 20, "OCg": spec[8] // spec[9], "Cg": spec[7] // spec[9]},
+                           FLAT_K=spec[2], KH=spec[1], KW=spec[1])
         rows = results[name] = [report(spec, cfg, args.arch) for cfg in configs]
         cols = list(rows[0])
         lines += [f"### {name} {spec}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]

@@ -55,6 +55,11 @@ def _configs() -> List[triton.Config]:
         (64, 128, 64, 4, 4),
         (64, 64, 64, 4, 4),
         (16, 64, 64, 4, 5),  # tiny M: batch 1 in layer3/4
+        # Short K (64 to 256: layer1's 1x1 convs, the first projection): one to four K steps leave
+        # nothing to pipeline, and the memory-bound GEMM wants more tiles resident per SM instead,
+        # so two stages (48-64 KB of shared memory instead of 96-128).
+        (128, 128, 64, 8, 2),
+        (128, 64, 64, 4, 2),
         # Flat-K walk (stem, few channels per group): the element-wise (kh, kw, c) gather costs
         # registers; with K steps of 64 and 4 warps a 128-row tile spills.
         (128, 128, 32, 8, 3),
@@ -75,13 +80,20 @@ def _prune(configs, named_args, **kwargs):
     m = named_args["M_BUCKET"]
     ocg = named_args["OCg"]
     flat_k = bool(kwargs.get("FLAT_K", named_args.get("FLAT_K", False)))
+    k = named_args["Cg"] * kwargs.get("KH", 1) * kwargs.get("KW", 1)
     narrow = ocg <= 32
 
     def wanted(c):
         bm, bn, bk = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]
         if bn < 64:
             return narrow
-        return (bk == 32) == flat_k and (bm > 16 or m <= 1024)  # 16-row tiles only for tiny M
+        if (bk == 32) != flat_k:
+            return False
+        if bm == 16:
+            return m <= 1024  # 16-row tiles only for tiny M
+        if c.num_stages == 2:
+            return k <= 256  # K of 1-4 steps: a deep pipeline only costs occupancy
+        return flat_k or k > 128
 
     kept = [
         c for c in configs
