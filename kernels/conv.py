@@ -141,7 +141,7 @@ def _conv2d_bias_act_kernel(
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     KH: tl.constexpr, KW: tl.constexpr,
     FLAT_K: tl.constexpr, GEMM_1X1: tl.constexpr,
-    HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr, INPUT_PRECISION: tl.constexpr, INDEX_64: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     # Unit strides are implied, not passed: x's channels and the weight's output channels are
@@ -159,7 +159,11 @@ def _conv2d_bias_act_kernel(
     pid_m = first_m + (pid % pids_per_group) % group_rows
     pid_n = (pid % pids_per_group) // group_rows
 
-    offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    if INDEX_64:
+        # Activations of 2^31 elements or more: every offset derived from the pixel index is 64-bit.
+        # Otherwise 32-bit math, half the integer work of the address computation in the K loop.
+        offs_m = offs_m.to(tl.int64)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_m = offs_m < M
     mask_n = offs_n < OCg
@@ -242,10 +246,13 @@ def conv2d_bias_act(
     groups: int,
     relu: bool,
     out: Optional[torch.Tensor] = None,
+    index_64: Optional[bool] = None,
 ) -> torch.Tensor:
     """Host launcher; shapes were checked by the op. Returns a channels_last tensor in x's dtype.
 
-    ``out`` (tests) is the buffer to write, dense channels_last of the output shape.
+    ``out`` (tests) is the buffer to write, dense channels_last of the output shape. ``index_64``
+    forces (True) or forbids (False) 64-bit offsets; by default they are used only where an
+    activation has 2^31 elements or more.
     """
     global launch_count
     if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
@@ -291,6 +298,7 @@ def conv2d_bias_act(
         stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
         KH=kh, KW=kw, FLAT_K=flat_k, GEMM_1X1=gemm_1x1,
         HAS_RESIDUAL=residual is not None, RELU=relu, INPUT_PRECISION=precision,
+        INDEX_64=index_64 if index_64 is not None else max(x.numel(), y.numel()) >= 2**31,
     )
     launch_count += 1
     return y
@@ -298,7 +306,7 @@ def conv2d_bias_act(
 
 def aot_compile(dtype: str, kernel: int, flat_k: bool, gemm_1x1: bool, residual: bool, relu: bool,
                 precision: str, config: triton.Config, arch: int = 90, channels: int = 64,
-                out_channels: int = 64, groups: int = 1):
+                out_channels: int = 64, groups: int = 1, index_64: bool = False):
     """Compile one specialisation for an NVIDIA target without a GPU (ptxas ships with Triton):
     the CPU-side check that the kernel still builds for real hardware, and what the SASS reports
     read (benchmarks/sass_report.py). Needs TRITON_INTERPRET unset.
@@ -319,7 +327,7 @@ def aot_compile(dtype: str, kernel: int, flat_k: bool, gemm_1x1: bool, residual:
                    swc=out_channels, swh=kernel * cg * out_channels, sww=cg * out_channels,
                    stride_h=1, stride_w=1, pad_h=kernel // 2, pad_w=kernel // 2, dil_h=1, dil_w=1)
     constexprs = dict(KH=kernel, KW=kernel, FLAT_K=flat_k, GEMM_1X1=gemm_1x1, HAS_RESIDUAL=residual, RELU=relu,
-                      INPUT_PRECISION=precision, **config.kwargs)
+                      INPUT_PRECISION=precision, INDEX_64=index_64, **config.kwargs)
     signature, attrs = {}, {}
     for i, name in enumerate(jit_fn.arg_names):
         if name in constexprs:

@@ -55,7 +55,7 @@ def _torch_same_dtype(x, weight, bias, res, conv_args, relu):
     return y.relu() if relu else y
 
 
-def _run_kernel(x, weight, bias, res, conv_args, relu):
+def _run_kernel(x, weight, bias, res, conv_args, relu, index_64=None):
     from resnet_fast.kernels import conv as triton_conv
 
     s, p, d, g = conv_args
@@ -64,7 +64,8 @@ def _run_kernel(x, weight, bias, res, conv_args, relu):
     oh = (h + 2 * p - d * (kh - 1) - 1) // s + 1
     ow = (w + 2 * p - d * (kw - 1) - 1) // s + 1
     out = torch.full((n, oh, ow, oc), float("nan"), dtype=x.dtype, device=x.device).permute(0, 3, 1, 2)  # poisoned
-    y = triton_conv.conv2d_bias_act(x, to_oc_last(weight), bias, res, [s, s], [p, p], [d, d], g, relu, out=out)
+    y = triton_conv.conv2d_bias_act(x, to_oc_last(weight), bias, res, [s, s], [p, p], [d, d], g, relu, out=out,
+                                    index_64=index_64)
     assert y.data_ptr() == out.data_ptr()
     return y
 
@@ -77,6 +78,16 @@ def test_kernel_fp32_every_shape_and_epilogue(shape, residual, relu):
     y = _run_kernel(x, weight, bias, res, conv_args, relu)
     assert not torch.isnan(y).any()
     assert y.is_contiguous(memory_format=torch.channels_last)
+    assert rel_err(y, ref) < 1e-5
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("shape", SHAPE_CLASSES, ids=[s[0] for s in SHAPE_CLASSES])
+def test_kernel_64bit_offsets_path(shape):
+    # The 64-bit offset variant (chosen for activations of 2^31 elements or more) forced on small shapes.
+    x, weight, bias, res, conv_args, ref = _case(shape, torch.float32, True, True, seed=11)
+    y = _run_kernel(x, weight, bias, res, conv_args, True, index_64=True)
+    assert not torch.isnan(y).any()
     assert rel_err(y, ref) < 1e-5
 
 
@@ -150,6 +161,28 @@ def test_gpu_every_resnet50_conv(dtype, batch):
         y = _run_kernel(x, weight, bias, res, conv_args, True)
         torch_err = rel_err(_torch_same_dtype(x, weight, bias, res, conv_args, True), ref)
         assert rel_err(y, ref) <= 2 * torch_err + 1e-6, ((c, oc, k, s, hw), rel_err(y, ref), torch_err)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("c,oc", [(64, 16), (16, 64)])  # the input, then the output, past 2^31 elements
+def test_gpu_past_2_31_elements(c, oc):
+    # 1x1 conv over a 5800x5800 image: one tensor has more than 2^31 elements, so the launcher picks
+    # 64-bit offsets. Checked on the last rows (a 1x1 stride-1 conv maps rows to rows), where 32-bit
+    # offsets would have wrapped.
+    h = w = 5800
+    assert max(c, oc) * h * w >= 2**31
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(1, h, w, c, device="cuda", dtype=torch.bfloat16, generator=gen).permute(0, 3, 1, 2)
+    weight = (torch.randn(oc, c, 1, 1, device="cuda", generator=gen) / c**0.5).to(torch.bfloat16)
+    bias = torch.randn(oc, device="cuda", generator=gen)
+    from resnet_fast.kernels import conv as triton_conv
+
+    y = triton_conv.conv2d_bias_act(x, to_oc_last(weight), bias, None, [1, 1], [0, 0], [1, 1], 1, True)
+    tail = slice(h - 3, h)
+    ref = F.conv2d(x[:, :, tail].double(), weight.double(), bias.double()).relu()
+    assert rel_err(y[:, :, tail], ref) < 1e-2
+    del x, y
+    torch.cuda.empty_cache()
 
 
 @pytest.mark.gpu
