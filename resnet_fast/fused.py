@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from . import backend
-from .ops import conv2d_bias_act, fx_symbolic_tracing, nhwc_strides
+from .ops import conv2d_bias_act, fx_symbolic_tracing, nhwc_strides, allow_prepack
 
 _CACHE_ATTR = "_resnet_fast_fold_cache"
 
@@ -87,8 +87,12 @@ def weight_layout(device: torch.device, dtype: torch.dtype) -> str:
     return "oc_last" if backend.prefers_triton(device, dtype) else "channels_last"
 
 
-def make_folded(conv: nn.Conv2d, norm: nn.Module, dtype: torch.dtype) -> FoldedConv:
+def make_folded(conv: nn.Conv2d, norm: nn.Module, dtype: torch.dtype, prepack: bool = False) -> FoldedConv:
+    """The fold as the op wants it; ``prepack`` (cached folds only: a pack pays off when reused) lets
+    the CPU op keep oneDNN's blocked copy of the weight."""
     weight, bias = fold_bn(conv, norm, dtype, weight_layout(conv.weight.device, dtype))
+    if prepack:
+        allow_prepack(weight)
     return FoldedConv(weight, bias, list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups)
 
 
@@ -127,7 +131,7 @@ class FoldCache:
             entry = self._entries.get(key)
             if entry is not None and entry[0] == sig:
                 return entry[1]
-            folded = make_folded(conv, norm, dtype)
+            folded = make_folded(conv, norm, dtype, prepack=True)
             self._entries[key] = (sig, folded)
             return folded
 

@@ -147,3 +147,44 @@ def test_forward_hooks_on_inner_modules_still_fire():
     with torch.no_grad():
         m(torch.randn(1, 3, 64, 64))
     assert seen == [torch.Size([1, 128, 8, 8])]
+
+
+def _packs(model):
+    from resnet_fast.ops import _PACKED_ATTR
+
+    out = []
+    for mod in model.modules():
+        cache = mod.__dict__.get("_resnet_fast_fold_cache")
+        if cache is not None:
+            for _, folded in cache._entries.values():
+                out.append(getattr(folded.weight, _PACKED_ATTR, None))
+    return out
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="oneDNN not in this torch build")
+def test_cpu_prepacked_weights_per_input_shape(model_and_input):
+    # The CPU path keeps oneDNN's blocked copy of each cached fold, one per input shape for the first
+    # two shapes; later shapes take the plain weight. Every one of them must give the same numbers.
+    from resnet_fast.ops import _HAS_MKLDNN_REORDER, _MAX_PACKED_SHAPES
+
+    m, _ = model_and_input
+    if not _HAS_MKLDNN_REORDER:
+        pytest.skip("this torch has no mkldnn._reorder_convolution_weight")
+    shapes = [(2, 3, 41, 37), (1, 3, 64, 64), (3, 3, 33, 45), (2, 3, 41, 37)]
+    for shape in shapes:
+        _check_fresh(m, torch.randn(*shape))
+    packs = _packs(m)
+    assert packs and all(p is not None and len(p) == _MAX_PACKED_SHAPES for p in packs)
+    stem = m.__dict__["_resnet_fast_fold_cache"]._entries
+    (_, stem_fold), = stem.values()
+    assert set(getattr(stem_fold.weight, "_resnet_fast_mkldnn_weights")) == {(2, 3, 41, 37), (1, 3, 64, 64)}
+    # A refold (new statistics) starts from fresh packs: none can be stale.
+    with torch.no_grad():
+        m.bn1.running_var.mul_(2.0)
+    _check_fresh(m, torch.randn(1, 3, 64, 64))
+    (_, refolded), = stem.values()
+    assert refolded.weight is not stem_fold.weight
+    # The op never packs weights it was not told are immutable folds.
+    w = torch.randn(8, 3, 3, 3).contiguous(memory_format=torch.channels_last)
+    resnet_fast.ops.conv2d_bias_act(torch.randn(1, 3, 9, 9), w, torch.zeros(8), None, [1, 1], [1, 1], [1, 1], 1, True)
+    assert not hasattr(w, "_resnet_fast_mkldnn_weights")
