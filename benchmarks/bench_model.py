@@ -143,6 +143,14 @@ def run(args) -> int:
                 torch.cuda.empty_cache()
             prog.step(f"{name} batch {batch}")
 
+    if device == "cuda":
+        try:  # which Triton config each conv shape got: the next tuning round starts from these
+            from resnet_fast.kernels import conv as triton_conv
+
+            header["triton_autotune"] = triton_conv.tuning_state()[0]
+            common.write_json(args.json, header, rows)
+        except Exception as e:  # noqa: BLE001
+            print(f"triton tuning state unavailable: {e}", file=sys.stderr)
     print("\n" + common.write_markdown(args.markdown, heading(header, args), header, rows, COLUMNS))
     if args.plot:
         plot(rows, args.plot, heading(header, args))

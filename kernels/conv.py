@@ -235,6 +235,22 @@ def _conv2d_bias_act_kernel(
 
 
 
+def config_name(config: triton.Config) -> str:
+    k = config.kwargs
+    return f"{k['BLOCK_M']}x{k['BLOCK_N']}x{k['BLOCK_K']} w{config.num_warps} s{config.num_stages}"
+
+
+def tuning_state():
+    """What the autotuner knows, for benchmark reports: ``({tuning key: chosen config}, {config:
+    median ms})``, the latter from the most recent tuning run (or its disk-cached timings)."""
+    tuner = _conv2d_bias_act_kernel
+    chosen = {str(key): config_name(c) for key, c in getattr(tuner, "cache", {}).items()}
+    timings = {}
+    for c, t in (getattr(tuner, "configs_timings", None) or {}).items():
+        timings[config_name(c)] = t[0] if isinstance(t, (list, tuple)) else t
+    return chosen, timings
+
+
 def conv2d_bias_act(
     x: torch.Tensor,
     weight: torch.Tensor,
