@@ -96,14 +96,31 @@ def make_folded(conv: nn.Conv2d, norm: nn.Module, dtype: torch.dtype, prepack: b
     return FoldedConv(weight, bias, list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups)
 
 
+_MISSING = object()
+
+
+def _tensor_attr(module: nn.Module, name: str):
+    # Module.__getattr__ searches three dicts through Python; a fold check reads six tensors per
+    # conv on every eval forward, so go to the dicts directly (plain attributes fall back).
+    t = module._parameters.get(name, _MISSING)
+    if t is _MISSING:
+        t = module._buffers.get(name, _MISSING)
+        if t is _MISSING:
+            t = getattr(module, name, None)
+    return t
+
+
 def _signature(conv: nn.Conv2d, norm: nn.Module):
     """What a fold depends on: identity, storage and version of every tensor involved, and eps.
 
     ``_version`` catches in-place edits (optimizer steps, ``load_state_dict``'s ``copy_``);
-    the data pointer catches ``.to()`` and replaced ``.data``.
+    the data pointer catches ``.to()`` and replaced ``.data``. (Module ``.to()`` also drops the
+    whole cache, FoldCacheMixin._apply.)
     """
     sig = [norm.eps]
-    for t in (conv.weight, conv.bias, norm.weight, norm.bias, norm.running_mean, norm.running_var):
+    for module, name in ((conv, "weight"), (conv, "bias"), (norm, "weight"), (norm, "bias"),
+                         (norm, "running_mean"), (norm, "running_var")):
+        t = _tensor_attr(module, name)
         if t is None:
             sig.append(None)
         else:
