@@ -31,6 +31,7 @@ from resnet_fast.kernels import conv as K  # noqa: E402
 SPECS = {
     "conv3_1x1_residual": ("bf16", 1, False, True, True, True, "tf32", 64, 256, 1),
     "conv1_1x1": ("bf16", 1, False, True, False, True, "tf32", 256, 64, 1),
+    "conv1_1x1_wide": ("bf16", 1, False, True, False, True, "tf32", 512, 1024, 1),
     "3x3": ("bf16", 3, False, False, False, True, "tf32", 64, 64, 1),
     "3x3_c256": ("bf16", 3, False, False, False, True, "tf32", 256, 256, 1),
     "1x1_s2_projection": ("bf16", 1, False, False, False, False, "tf32", 256, 512, 1),
@@ -85,7 +86,7 @@ def main(argv=None) -> int:
     for name in names:
         spec = SPECS[name]
         configs = K._prune(K._configs(), {"M_BUCKET": 1 << 20, "OCg": spec[8] // spec[9], "Cg": spec[7] // spec[9]},
-                           FLAT_K=spec[2], KH=spec[1], KW=spec[1])
+                           FLAT_K=spec[2], KH=spec[1], KW=spec[1], HAS_RESIDUAL=spec[4])
         rows = results[name] = [report(spec, cfg, args.arch) for cfg in configs]
         cols = list(rows[0])
         lines += [f"### {name} {spec}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]

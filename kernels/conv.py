@@ -47,11 +47,16 @@ def _configs() -> List[triton.Config]:
     # ones for the small-M late layers and small batches, deep pipelines to hide the gather latency.
     # Kept short on purpose: every config is compiled per kernel specialisation on first use. Each
     # was checked with benchmarks/sass_report.py (Triton 3.6 and 3.8, sm_90): HGMMA, asynchronous
-    # copies, no spills for the walks it is kept for. 128x256 tiles spill with a residual epilogue.
+    # copies, no spills for the walks (and epilogues) it is kept for.
     for bm, bn, bk, warps, stages in [
         # Channel-block walks (1x1 GEMM, per-tap): K steps of 64 channels.
         (128, 128, 64, 8, 3),
         (128, 128, 64, 8, 4),
+        # Large tiles for wide problems (OC/group >= 256 or M-heavy): fewer re-reads of the
+        # activation tile per output. Without a residual only: loading a residual tile of this size
+        # in the epilogue spills (15-24 LDL/STL, 255 registers).
+        (128, 256, 64, 8, 3),
+        (256, 128, 64, 8, 3),
         (128, 64, 64, 4, 4),
         (64, 128, 64, 4, 4),
         (64, 64, 64, 4, 4),
@@ -82,6 +87,7 @@ def _prune(configs, named_args, **kwargs):
     ocg = named_args["OCg"]
     flat_k = bool(kwargs.get("FLAT_K", named_args.get("FLAT_K", False)))
     k = named_args["Cg"] * kwargs.get("KH", 1) * kwargs.get("KW", 1)
+    residual = bool(kwargs.get("HAS_RESIDUAL", False))
     narrow = ocg <= 32
 
     def wanted(c):
@@ -92,6 +98,8 @@ def _prune(configs, named_args, **kwargs):
             return False
         if bm == 16:
             return m <= 1024  # 16-row tiles only for tiny M
+        if bm * bn > 128 * 128:
+            return not residual and not flat_k and k > 128
         if c.num_stages == 2:
             return k <= 256  # K of 1-4 steps: a deep pipeline only costs occupancy
         return flat_k or k > 128
@@ -126,7 +134,7 @@ if "cache_results" in _AUTOTUNE_PARAMS and os.environ.get("RESNET_FAST_AUTOTUNE_
     configs=_configs(),
     # M_BUCKET (M rounded up to a power of two) instead of N, OH, OW: batch and image sizes that
     # land in the same bucket share one tuning run.
-    key=["M_BUCKET", "OCg", "Cg", "KH", "KW", "FLAT_K", "GEMM_1X1"],
+    key=["M_BUCKET", "OCg", "Cg", "KH", "KW", "FLAT_K", "GEMM_1X1", "HAS_RESIDUAL"],
     prune_configs_by={"early_config_prune": _prune},
     **_BENCH_ARGS,
 )
@@ -328,7 +336,7 @@ def conv2d_bias_act(
     # The autotuner's own key (its `key` list plus the tensors' dtypes). Once a key is tuned, launch
     # the kernel with its config directly: Autotuner.run rebuilds dicts over all 35 arguments on
     # every call, Python overhead paid 53 times per ResNet-50 forward.
-    tuning_key = (m_bucket, ocg, cg, kh, kw, flat_k, gemm_1x1, x.dtype, bias.dtype)
+    tuning_key = (m_bucket, ocg, cg, kh, kw, flat_k, gemm_1x1, residual is not None, x.dtype, bias.dtype)
     config = _chosen_configs.get(tuning_key)
     if config is None:
         with _tuning_lock:  # best_config is the tuner's last pick: no other launch in between
