@@ -88,6 +88,8 @@ step model_fp16   "${T_MODEL_FP16:-35}"  $PY benchmarks/bench_model.py --device 
     echo "Tests: $(grep -E '(passed|failed|error)' "$OUT/tests.log" 2>/dev/null | tail -n 1)"
     echo
     grep -E '^(FAILED|ERROR) ' "$OUT/tests.log" 2>/dev/null | head -n 20
+    # The thread-pool precompile has never run on a GPU before: say if it fell back.
+    grep -h "parallel Triton compile unavailable" "$OUT"/*.log 2>/dev/null | head -n 2
     echo
     echo "## Targets"
     echo

@@ -234,3 +234,24 @@ def test_forced_triton_rejects_float64_clearly():
     x, weight, bias, res, conv_args, ref = _case(SHAPE_CLASSES[0], torch.float64, False, True)
     with resnet_fast.use_backend("triton"), pytest.raises(TypeError, match="expected float32, float16 or bfloat16, got torch.float64"):
         resnet_fast.ops.conv2d_bias_act(x, weight, bias, None, [1, 1], [0, 0], [1, 1], 1, True)
+
+
+@pytest.mark.interpreter
+def test_parallel_precompile_failure_falls_back(monkeypatch):
+    # The thread-pool precompile is an optimisation: if Triton refuses it, the launch still runs
+    # (serial compiles) and says so once.
+    from resnet_fast.kernels import conv as triton_conv
+
+    class Refuses:
+        def __init__(self, executor):
+            raise RuntimeError("no async compile here")
+
+    monkeypatch.setattr(triton_conv, "INTERPRET", False)  # take the GPU branch of _precompile
+    monkeypatch.setattr(triton_conv, "_precompile_failed", False)
+    monkeypatch.setattr(triton_conv, "_chosen_configs", {})
+    monkeypatch.setattr(triton_conv.triton, "AsyncCompileMode", Refuses, raising=False)
+    x, weight, bias, res, conv_args, ref = _case(SHAPE_CLASSES[0], torch.float32, True, True, seed=13)
+    with pytest.warns(UserWarning, match="parallel Triton compile unavailable"):
+        y = _run_kernel(x, weight, bias, res, conv_args, True)
+    assert triton_conv._precompile_failed
+    assert rel_err(y, ref) < 1e-5
