@@ -37,6 +37,8 @@ SPECS = {
     "1x1_s2_projection": ("bf16", 1, False, False, False, False, "tf32", 256, 512, 1),
     "stem_7x7": ("bf16", 7, True, False, False, True, "tf32", 3, 64, 1),
     "3x3_grouped_g32": ("bf16", 3, True, False, False, True, "tf32", 128, 128, 32),
+    # batch 1 in layer4: M = 49, K split 8 ways (the 11th field), fp32 partials to a workspace
+    "3x3_c512_batch1_split8": ("bf16", 3, False, False, True, True, "tf32", 512, 512, 1, 8),
 }
 
 
@@ -51,7 +53,8 @@ def _cuobjdump(cubin: bytes, flag: str) -> str:
 
 
 def report(spec, config, arch):
-    kernel = K.aot_compile(*spec[:7], config=config, arch=arch, channels=spec[7], out_channels=spec[8], groups=spec[9])
+    kernel = K.aot_compile(*spec[:7], config=config, arch=arch, channels=spec[7], out_channels=spec[8], groups=spec[9],
+                           split_k=spec[10] if len(spec) > 10 else 1)
     sass = _cuobjdump(kernel.asm["cubin"], "-sass")
     usage = _cuobjdump(kernel.asm["cubin"], "-res-usage")
     regs = re.search(r"REG:(\d+)", usage)
@@ -85,7 +88,8 @@ def main(argv=None) -> int:
     results = {}
     for name in names:
         spec = SPECS[name]
-        configs = K._prune(K._configs(), {"M_BUCKET": 1 << 20, "OCg": spec[8] // spec[9], "Cg": spec[7] // spec[9]},
+        m_bucket = 64 if len(spec) > 10 else 1 << 20
+        configs = K._prune(K._configs(), {"M_BUCKET": m_bucket, "OCg": spec[8] // spec[9], "Cg": spec[7] // spec[9]},
                            FLAT_K=spec[2], KH=spec[1], KW=spec[1], HAS_RESIDUAL=spec[4])
         rows = results[name] = [report(spec, cfg, args.arch) for cfg in configs]
         cols = list(rows[0])

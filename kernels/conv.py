@@ -134,7 +134,7 @@ if "cache_results" in _AUTOTUNE_PARAMS and os.environ.get("RESNET_FAST_AUTOTUNE_
     configs=_configs(),
     # M_BUCKET (M rounded up to a power of two) instead of N, OH, OW: batch and image sizes that
     # land in the same bucket share one tuning run.
-    key=["M_BUCKET", "OCg", "Cg", "KH", "KW", "FLAT_K", "GEMM_1X1", "HAS_RESIDUAL"],
+    key=["M_BUCKET", "OCg", "Cg", "KH", "KW", "FLAT_K", "GEMM_1X1", "HAS_RESIDUAL", "SPLIT_K"],
     prune_configs_by={"early_config_prune": _prune},
     **_BENCH_ARGS,
 )
@@ -151,6 +151,7 @@ def _conv2d_bias_act_kernel(
     KH: tl.constexpr, KW: tl.constexpr,
     FLAT_K: tl.constexpr, GEMM_1X1: tl.constexpr,
     HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr, INPUT_PRECISION: tl.constexpr, INDEX_64: tl.constexpr,
+    SPLIT_K: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     # Unit strides are implied, not passed: x's channels and the weight's output channels are
@@ -179,11 +180,28 @@ def _conv2d_bias_act_kernel(
     oc = g * OCg + offs_n
     offs_k = tl.arange(0, BLOCK_K)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    # Split-K (small M, long K: batch 1 in layer3/4, where the output tiles alone cannot fill the
+    # GPU): program_id(2) takes one contiguous share of the K steps and writes an fp32 partial sum to
+    # the workspace (y_ptr then points at it); _splitk_reduce_kernel adds the shares in a fixed
+    # order and applies the epilogue. SPLIT_K == 1 compiles to the plain single pass.
+    if GEMM_1X1:
+        k_steps = tl.cdiv(Cg, BLOCK_K)
+    elif FLAT_K:
+        k_steps = tl.cdiv(KH * KW * Cg, BLOCK_K)
+    else:
+        k_steps = KH * KW * tl.cdiv(Cg, BLOCK_K)
+    if SPLIT_K == 1:
+        step_lo = 0
+        step_hi = k_steps
+    else:
+        per_split = tl.cdiv(k_steps, SPLIT_K)
+        step_lo = tl.program_id(2) * per_split
+        step_hi = min(step_lo + per_split, k_steps)
 
     if GEMM_1X1:
         # x is [M, C] row-major: pixel m's channels start at m * sxw.
         a_rows = offs_m * sxw + g * Cg
-        for c0 in range(0, Cg, BLOCK_K):
+        for c0 in range(step_lo * BLOCK_K, step_hi * BLOCK_K, BLOCK_K):
             c = c0 + offs_k
             mask_c = c < Cg
             a = tl.load(x_ptr + a_rows[:, None] + c[None, :], mask=mask_m[:, None] & mask_c[None, :], other=0.0)
@@ -198,7 +216,7 @@ def _conv2d_bias_act_kernel(
         x_rows = n * sxn + g * Cg
         if FLAT_K:
             K = KH * KW * Cg
-            for k0 in range(0, K, BLOCK_K):
+            for k0 in range(step_lo * BLOCK_K, step_hi * BLOCK_K, BLOCK_K):
                 k = k0 + offs_k
                 mask_k = k < K
                 c = k % Cg
@@ -216,7 +234,7 @@ def _conv2d_bias_act_kernel(
             # a tap is a single K step, and only one loop lets the pipeliner overlap the next taps'
             # loads with this tap's MMA. The tap and channel offsets are scalar per iteration.
             c_blocks = tl.cdiv(Cg, BLOCK_K)
-            for it in range(0, KH * KW * c_blocks):
+            for it in range(step_lo, step_hi):
                 tap = it // c_blocks
                 c = (it - tap * c_blocks) * BLOCK_K + offs_k
                 kh = tap // KW
@@ -232,14 +250,36 @@ def _conv2d_bias_act_kernel(
                 acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
 
     # Epilogue: the output (and residual) are channels_last, i.e. a row-major [M, OC] matrix.
-    acc += tl.load(b_ptr + oc, mask=mask_n, other=0.0).to(tl.float32)[None, :]
     y_offs = offs_m[:, None] * OC + oc[None, :]
     y_mask = mask_m[:, None] & mask_n[None, :]
+    if SPLIT_K == 1:
+        acc += tl.load(b_ptr + oc, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+        if HAS_RESIDUAL:
+            acc += tl.load(r_ptr + y_offs, mask=y_mask, other=0.0).to(tl.float32)
+        if RELU:
+            acc = tl.maximum(acc, 0.0)
+        tl.store(y_ptr + y_offs, acc.to(y_ptr.dtype.element_ty), mask=y_mask)
+    else:
+        # y_ptr is the fp32 workspace [SPLIT_K, M, OC]; this program's share goes to its slice.
+        tl.store(y_ptr + tl.program_id(2) * (M * OC) + y_offs, acc, mask=y_mask)
+
+
+@triton.jit
+def _splitk_reduce_kernel(ws_ptr, b_ptr, r_ptr, y_ptr, total, OC,
+                          SPLIT_K: tl.constexpr, HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr,
+                          BLOCK: tl.constexpr):
+    """y = relu?(sum of the SPLIT_K partials + bias + residual), in a fixed order (deterministic)."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < total
+    acc = tl.load(ws_ptr + offs, mask=mask, other=0.0)
+    for s in tl.static_range(1, SPLIT_K):
+        acc += tl.load(ws_ptr + s * total + offs, mask=mask, other=0.0)
+    acc += tl.load(b_ptr + offs % OC, mask=mask, other=0.0).to(tl.float32)
     if HAS_RESIDUAL:
-        acc += tl.load(r_ptr + y_offs, mask=y_mask, other=0.0).to(tl.float32)
+        acc += tl.load(r_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     if RELU:
         acc = tl.maximum(acc, 0.0)
-    tl.store(y_ptr + y_offs, acc.to(y_ptr.dtype.element_ty), mask=y_mask)
+    tl.store(y_ptr + offs, acc.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 
@@ -306,12 +346,14 @@ def conv2d_bias_act(
     relu: bool,
     out: Optional[torch.Tensor] = None,
     index_64: Optional[bool] = None,
+    split_k: Optional[int] = None,
 ) -> torch.Tensor:
     """Host launcher; shapes were checked by the op. Returns a channels_last tensor in x's dtype.
 
     ``out`` (tests) is the buffer to write, dense channels_last of the output shape. ``index_64``
     forces (True) or forbids (False) 64-bit offsets; by default they are used only where an
-    activation has 2^31 elements or more.
+    activation has 2^31 elements or more. ``split_k`` forces a K split (tests); by default
+    ``choose_split_k`` decides.
     """
     global launch_count
     if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
@@ -346,12 +388,19 @@ def conv2d_bias_act(
     else:
         precision = "ieee"
 
-    def grid(meta):
-        return (triton.cdiv(n * oh * ow, meta["BLOCK_M"]) * triton.cdiv(ocg, meta["BLOCK_N"]), groups)
+    m = n * oh * ow
+    if split_k is None:
+        split_k = choose_split_k(m, ocg, groups, cg, kh, kw, flat_k, gemm_1x1, _sm_count(x.device))
+    workspace = None
+    if split_k > 1:
+        workspace = torch.empty((split_k, m, oc), dtype=torch.float32, device=x.device)
 
-    m_bucket = triton.next_power_of_2(n * oh * ow)
+    def grid(meta):
+        return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(ocg, meta["BLOCK_N"]), groups, split_k)
+
+    m_bucket = triton.next_power_of_2(m)
     args = (
-        x, weight, bias, residual if residual is not None else y, y,
+        x, weight, bias, residual if residual is not None else y, y if workspace is None else workspace,
         n, h, w, oh, ow, oc, cg, ocg, m_bucket,
         x.stride(0), x.stride(2), x.stride(3),
         weight.stride(1), weight.stride(2), weight.stride(3),
@@ -361,11 +410,12 @@ def conv2d_bias_act(
         KH=kh, KW=kw, FLAT_K=flat_k, GEMM_1X1=gemm_1x1,
         HAS_RESIDUAL=residual is not None, RELU=relu, INPUT_PRECISION=precision,
         INDEX_64=index_64 if index_64 is not None else max(x.numel(), y.numel()) >= 2**31,
+        SPLIT_K=split_k,
     )
     # The autotuner's own key (its `key` list plus the tensors' dtypes). Once a key is tuned, launch
     # the kernel with its config directly: Autotuner.run rebuilds dicts over all 35 arguments on
     # every call, Python overhead paid 53 times per ResNet-50 forward.
-    tuning_key = (m_bucket, ocg, cg, kh, kw, flat_k, gemm_1x1, residual is not None, x.dtype, bias.dtype)
+    tuning_key = (m_bucket, ocg, cg, kh, kw, flat_k, gemm_1x1, residual is not None, split_k, x.dtype, bias.dtype)
     config = _chosen_configs.get(tuning_key)
     if config is None:
         with _tuning_lock:  # best_config is the tuner's last pick: no other launch in between
@@ -376,13 +426,56 @@ def conv2d_bias_act(
             _chosen_configs[tuning_key] = config
     else:
         _conv2d_bias_act_kernel.fn[grid](*args, **constexprs, **config.all_kwargs())
+    if workspace is not None:
+        total = m * oc
+        block = 1024
+        _splitk_reduce_kernel[(triton.cdiv(total, block),)](
+            workspace, bias, residual if residual is not None else y, y, total, oc,
+            SPLIT_K=split_k, HAS_RESIDUAL=residual is not None, RELU=relu, BLOCK=block, num_warps=4,
+        )
     launch_count += 1
     return y
 
 
+_SM_COUNTS = {}
+
+
+def _sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 0  # no split on the CPU (the interpreter): tests force it
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _SM_COUNTS:
+        _SM_COUNTS[index] = torch.cuda.get_device_properties(index).multi_processor_count
+    return _SM_COUNTS[index]
+
+
+def choose_split_k(m: int, ocg: int, groups: int, cg: int, kh: int, kw: int, flat_k: bool, gemm_1x1: bool,
+                   sm_count: int) -> int:
+    """How many K shares a conv gets: 1 unless its output tiles (counted as 64x64) cannot fill half
+    the GPU and its K walk is long (16 steps or more). Batch-1 ResNet-50 on 132 SMs: layer4's 3x3
+    (8 tiles, 72 K steps) and 2048->512 1x1 (8 tiles, 32 steps) split 8 ways, layer3's 3x3 (16 tiles,
+    36 steps) 8 ways, layer2's 3x3 4 ways; at batch 16 nothing splits. Each share keeps at least 4 K
+    steps; at most 8 shares."""
+    if sm_count <= 0 or m > 4096:
+        return 1
+    tiles = triton.cdiv(m, 64) * triton.cdiv(ocg, 64) * groups
+    if gemm_1x1:
+        k_steps = triton.cdiv(cg, 64)
+    elif flat_k:
+        k_steps = triton.cdiv(kh * kw * cg, 32)
+    else:
+        k_steps = kh * kw * triton.cdiv(cg, 64)
+    if k_steps < 16:  # short K: the saving would not pay for the reduction's launch
+        return 1
+    split = 1
+    while split < 8 and tiles * split * 2 <= sm_count and k_steps // (split * 2) >= 4:
+        split *= 2
+    return split
+
+
 def aot_compile(dtype: str, kernel: int, flat_k: bool, gemm_1x1: bool, residual: bool, relu: bool,
                 precision: str, config: triton.Config, arch: int = 90, channels: int = 64,
-                out_channels: int = 64, groups: int = 1, index_64: bool = False):
+                out_channels: int = 64, groups: int = 1, index_64: bool = False, split_k: int = 1):
     """Compile one specialisation for an NVIDIA target without a GPU (ptxas ships with Triton):
     the CPU-side check that the kernel still builds for real hardware, and what the SASS reports
     read (benchmarks/sass_report.py). Needs TRITON_INTERPRET unset.
@@ -403,7 +496,7 @@ def aot_compile(dtype: str, kernel: int, flat_k: bool, gemm_1x1: bool, residual:
                    swc=out_channels, swh=kernel * cg * out_channels, sww=cg * out_channels,
                    stride_h=1, stride_w=1, pad_h=kernel // 2, pad_w=kernel // 2, dil_h=1, dil_w=1)
     constexprs = dict(KH=kernel, KW=kernel, FLAT_K=flat_k, GEMM_1X1=gemm_1x1, HAS_RESIDUAL=residual, RELU=relu,
-                      INPUT_PRECISION=precision, INDEX_64=index_64, **config.kwargs)
+                      INPUT_PRECISION=precision, INDEX_64=index_64, SPLIT_K=split_k, **config.kwargs)
     signature, attrs = {}, {}
     for i, name in enumerate(jit_fn.arg_names):
         if name in constexprs:

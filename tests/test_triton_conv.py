@@ -55,7 +55,7 @@ def _torch_same_dtype(x, weight, bias, res, conv_args, relu):
     return y.relu() if relu else y
 
 
-def _run_kernel(x, weight, bias, res, conv_args, relu, index_64=None):
+def _run_kernel(x, weight, bias, res, conv_args, relu, index_64=None, split_k=None):
     from resnet_fast.kernels import conv as triton_conv
 
     s, p, d, g = conv_args
@@ -65,7 +65,7 @@ def _run_kernel(x, weight, bias, res, conv_args, relu, index_64=None):
     ow = (w + 2 * p - d * (kw - 1) - 1) // s + 1
     out = torch.full((n, oh, ow, oc), float("nan"), dtype=x.dtype, device=x.device).permute(0, 3, 1, 2)  # poisoned
     y = triton_conv.conv2d_bias_act(x, to_oc_last(weight), bias, res, [s, s], [p, p], [d, d], g, relu, out=out,
-                                    index_64=index_64)
+                                    index_64=index_64, split_k=split_k)
     assert y.data_ptr() == out.data_ptr()
     return y
 
@@ -89,6 +89,43 @@ def test_kernel_64bit_offsets_path(shape):
     y = _run_kernel(x, weight, bias, res, conv_args, True, index_64=True)
     assert not torch.isnan(y).any()
     assert rel_err(y, ref) < 1e-5
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("shape", SHAPE_CLASSES, ids=[s[0] for s in SHAPE_CLASSES])
+def test_kernel_split_k(shape):
+    # K split in 3 shares (uneven: the last may be short or empty), partials reduced by the second
+    # kernel with bias, residual and ReLU; the same numbers as the single pass.
+    x, weight, bias, res, conv_args, ref = _case(shape, torch.float32, True, True, seed=17, n=1)
+    y = _run_kernel(x, weight, bias, res, conv_args, True, split_k=3)
+    assert not torch.isnan(y).any()
+    assert rel_err(y, ref) < 1e-5
+
+
+@pytest.mark.interpreter
+def test_split_k_in_place_epilogue():
+    from resnet_fast.kernels import conv as triton_conv
+
+    x, weight, bias, res, conv_args, ref = _case(SHAPE_CLASSES[2], torch.float32, True, True, seed=19, n=1)
+    s, p, d, g = conv_args
+    ptr = res.data_ptr()
+    triton_conv.conv2d_bias_act(x, to_oc_last(weight), bias, res, [s, s], [p, p], [d, d], g, True, out=res, split_k=4)
+    assert res.data_ptr() == ptr and rel_err(res, ref) < 1e-5
+
+
+def test_choose_split_k():
+    from resnet_fast.kernels.conv import choose_split_k
+
+    # (m, ocg, groups, cg, kh, kw, flat_k, gemm_1x1) of ResNet-50 convs on a 132-SM GPU
+    assert choose_split_k(49, 512, 1, 512, 3, 3, False, False, 132) == 8      # layer4 3x3, batch 1
+    assert choose_split_k(49, 512, 1, 2048, 1, 1, False, True, 132) == 8     # layer4 1x1 2048->512
+    assert choose_split_k(49, 2048, 1, 512, 1, 1, False, True, 132) == 1     # 8 K steps: too short
+    assert choose_split_k(196, 256, 1, 256, 3, 3, False, False, 132) == 8    # layer3 3x3, batch 1
+    assert choose_split_k(3136, 64, 1, 64, 3, 3, False, False, 132) == 1     # layer1 3x3, batch 1: 9 steps
+    assert choose_split_k(784, 128, 1, 128, 3, 3, False, False, 132) == 4    # layer2 3x3, batch 1: 26 tiles
+    assert choose_split_k(16 * 49, 512, 1, 512, 3, 3, False, False, 132) == 1  # layer4 3x3, batch 16: 104 tiles
+    assert choose_split_k(64 * 49, 512, 1, 512, 3, 3, False, False, 132) == 1
+    assert choose_split_k(49, 512, 1, 512, 3, 3, False, False, 0) == 1        # CPU: never
 
 
 @pytest.mark.interpreter
