@@ -59,7 +59,11 @@ step extension    20                    $PY -c "import resnet_fast, torch; from 
 step device       10                    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,power.limit --format=csv,noheader
 # Correctness with one Triton config (RESNET_FAST_AUTOTUNE=0): no time spent compiling every config.
 # -v streams one line per test, so a step cut short still says what passed (benchmarks/targets.py).
-step tests        "${T_TESTS:-120}"     env RESNET_FAST_AUTOTUNE=0 $PY -m pytest -m gpu -v -ra -p no:cacheprovider tests
+# With pytest-xdist (in the lent machines' image) four workers share the GPU: the Triton compiles of
+# the many (shape, dtype) specialisations run in parallel.
+XDIST=""
+[ "$DRY" = 0 ] && $PY -c "import xdist" 2>/dev/null && XDIST="-n ${TEST_WORKERS:-4}"
+step tests        "${T_TESTS:-120}"     env RESNET_FAST_AUTOTUNE=0 $PY -m pytest -m gpu -v -ra -p no:cacheprovider $XDIST tests
 # The headline first: the whole model. torch.compile in its default mode: max-autotune compiles for
 # minutes, more than a lent machine's budget. Batch 256 first: rows are saved one by one, so the
 # headline number survives if the step runs out of time.

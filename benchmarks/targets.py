@@ -99,7 +99,9 @@ def evaluate(outdir: str) -> List[Tuple[str, str, str, str]]:
     except OSError:
         text = ""
     lines = [ln for ln in text.splitlines() if re.search(r"\d+ (passed|failed|error)", ln)]
+    # -v lines: "tests/f.py::t PASSED [ 1%]", with xdist "[gw0] [ 1%] PASSED tests/f.py::t".
     verbose = re.findall(r"^tests/\S+ (PASSED|FAILED|ERROR|SKIPPED)", text, re.M)
+    verbose += re.findall(r"^\[gw\d+\] \[\s*\d+%\] (PASSED|FAILED|ERROR|SKIPPED) tests/", text, re.M)
     if lines:
         last = lines[-1].strip("= ")
         bad = re.search(r"\d+ (failed|error)", last)

@@ -103,6 +103,8 @@ def test_targets_verdicts(tmp_path):
     assert _targets(tmp_path)["gpu_tests"] == ("cut off after 2 passed", "not measured")
     (tmp_path / "tests.log").write_text("tests/test_a.py::t1 PASSED [ 1%]\ntests/test_a.py::t2 FAILED [ 2%]\n")
     assert _targets(tmp_path)["gpu_tests"][1] == "NOT met"
+    (tmp_path / "tests.log").write_text("[gw1] [ 16%] PASSED tests/test_a.py::t1 \n[gw0] [ 33%] PASSED tests/test_a.py::t2 \n")
+    assert _targets(tmp_path)["gpu_tests"] == ("cut off after 2 passed", "not measured")  # pytest-xdist's -v lines
     # Nothing measured: every verdict says so instead of passing.
     empty = _targets(tmp_path / "nothing")
     assert all(v == "not measured" for _, v in empty.values())
