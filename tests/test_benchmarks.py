@@ -108,3 +108,17 @@ def test_targets_verdicts(tmp_path):
     # Nothing measured: every verdict says so instead of passing.
     empty = _targets(tmp_path / "nothing")
     assert all(v == "not measured" for _, v in empty.values())
+
+
+def test_bench_kernels_conv_smoke(tmp_path):
+    # The per-conv benchmark's loop over every distinct ResNet-50 conv (the GPU run adds cuDNN's fused
+    # ops and the Triton tuning data to the same rows).
+    out = tmp_path / "k.json"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_kernels.py"), "--device", "cpu",
+                           "--only", "conv", "--batch", "1", "--iters", "2", "--budget", "0.1", "--json", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    fused = [r for r in data["rows"] if r["provider"] == "resnet_fast fused"]
+    assert len(fused) >= 15 and data["matmul_tflops"] > 0
+    assert all(r["max_rel_err"] < 1e-4 and r["tflops"] > 0 for r in fused)
