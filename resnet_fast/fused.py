@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from . import backend
-from .ops import conv2d_bias_act, fx_symbolic_tracing, nhwc_strides, allow_prepack
+from . import ops
+from .ops import allow_prepack, conv2d_bias_act, direct_call_ok, fx_symbolic_tracing, nhwc_strides
 
 _CACHE_ATTR = "_resnet_fast_fold_cache"
 
@@ -73,13 +74,20 @@ class FoldedConv(NamedTuple):
     groups: int
 
     def __call__(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None, relu: bool = True) -> torch.Tensor:
+        if direct_call_ok(x):
+            return ops._conv2d_bias_act_impl(x, self.weight, self.bias, residual, self.stride, self.padding,
+                                             self.dilation, self.groups, relu)
         return conv2d_bias_act(x, self.weight, self.bias, residual, self.stride, self.padding, self.dilation, self.groups, relu)
 
     def add_into(self, residual: torch.Tensor, x: torch.Tensor, relu: bool = True) -> torch.Tensor:
         """``residual = relu?(conv(x) + bias + residual)`` in residual's memory; returns residual."""
-        torch.ops.resnet_fast.conv2d_bias_act_add_(
-            residual, x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups, relu
-        )
+        if direct_call_ok(x):
+            ops._conv2d_bias_act_add_impl(residual, x, self.weight, self.bias, self.stride, self.padding,
+                                          self.dilation, self.groups, relu)
+        else:
+            torch.ops.resnet_fast.conv2d_bias_act_add_(
+                residual, x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups, relu
+            )
         return residual
 
 
