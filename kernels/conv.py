@@ -313,7 +313,7 @@ def _precompile(args, constexprs, grid) -> None:
         warnings.warn(f"resnet_fast: parallel Triton compile unavailable ({type(e).__name__}: {e}); compiling serially")
 
 
-# tuning key -> the config the autotuner picked for it (see conv2d_bias_act).
+# tuning key -> launch kwargs of the config the autotuner picked for it (see conv2d_bias_act).
 _chosen_configs = {}
 _tuning_lock = threading.Lock()
 
@@ -416,16 +416,16 @@ def conv2d_bias_act(
     # the kernel with its config directly: Autotuner.run rebuilds dicts over all 35 arguments on
     # every call, Python overhead paid 53 times per ResNet-50 forward.
     tuning_key = (m_bucket, ocg, cg, kh, kw, flat_k, gemm_1x1, residual is not None, split_k, x.dtype, bias.dtype)
-    config = _chosen_configs.get(tuning_key)
-    if config is None:
+    config_kwargs = _chosen_configs.get(tuning_key)
+    if config_kwargs is None:
         with _tuning_lock:  # best_config is the tuner's last pick: no other launch in between
             _precompile(args, constexprs, grid)
             _conv2d_bias_act_kernel[grid](*args, **constexprs)
             config = getattr(_conv2d_bias_act_kernel, "best_config", None)
         if config is not None:
-            _chosen_configs[tuning_key] = config
+            _chosen_configs[tuning_key] = config.all_kwargs()
     else:
-        _conv2d_bias_act_kernel.fn[grid](*args, **constexprs, **config.all_kwargs())
+        _conv2d_bias_act_kernel.fn[grid](*args, **constexprs, **config_kwargs)
     if workspace is not None:
         total = m * oc
         block = 1024
