@@ -14,7 +14,7 @@ Two ways to walk K, picked per problem by a constexpr:
   group (the 3-channel stem, ResNeXt's 4-channel groups) where a channel block would be mostly mask.
 
 Epilogue (constexpr flags): + bias (fp32), + residual (channels_last), ReLU, cast to the output dtype.
-fp32 inputs use TF32 only when ``torch.backends.cudnn.allow_tf32`` allows it.
+fp32 inputs use TF32 only where PyTorch lets cuDNN convolutions use it (``cudnn_conv_allows_tf32``).
 """
 from __future__ import annotations
 
@@ -383,7 +383,7 @@ def conv2d_bias_act(
     flat_k = not gemm_1x1 and cg < 32
     # fp16/bf16 operands ignore the setting (tf32 is Triton's default); fp32 gets TF32 tensor cores
     # only where cuDNN's flag allows them, else exact fp32 FMA.
-    if x.dtype != torch.float32 or (x.device.type == "cuda" and torch.backends.cudnn.allow_tf32):
+    if x.dtype != torch.float32 or (x.device.type == "cuda" and cudnn_conv_allows_tf32()):
         precision = "tf32"
     else:
         precision = "ieee"
@@ -435,6 +435,29 @@ def conv2d_bias_act(
         )
     launch_count += 1
     return y
+
+
+def cudnn_conv_allows_tf32() -> bool:
+    """Whether PyTorch lets cuDNN convolutions use TF32: the same rule for our fp32 convs.
+
+    PyTorch's newer per-backend setting (``torch.backends.cudnn.conv.fp32_precision``: "tf32",
+    "ieee", or "none" to inherit from ``torch.backends.cudnn`` then ``torch.backends``) wins; reading
+    the legacy ``torch.backends.cudnn.allow_tf32`` raises once conv and RNN were set differently
+    through the new API, so it is only the fallback for PyTorch builds without it.
+    """
+    cudnn = torch.backends.cudnn
+    for holder in (getattr(cudnn, "conv", None), cudnn, torch.backends):
+        precision = getattr(holder, "fp32_precision", None) if holder is not None else None
+        if precision in ("tf32", "ieee"):
+            return precision == "tf32"
+        if precision is None:
+            break
+    else:
+        return True  # every level says "none": cuDNN's default, TF32 allowed
+    try:
+        return bool(cudnn.allow_tf32)
+    except RuntimeError:
+        return True
 
 
 _SM_COUNTS = {}

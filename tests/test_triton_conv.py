@@ -292,3 +292,20 @@ def test_parallel_precompile_failure_falls_back(monkeypatch):
         y = _run_kernel(x, weight, bias, res, conv_args, True)
     assert triton_conv._precompile_failed
     assert rel_err(y, ref) < 1e-5
+
+
+def test_tf32_rule_follows_pytorch_new_and_legacy_flags():
+    from resnet_fast.kernels.conv import cudnn_conv_allows_tf32
+
+    cudnn = torch.backends.cudnn
+    if not hasattr(getattr(cudnn, "conv", None), "fp32_precision"):
+        pytest.skip("this PyTorch has only the legacy allow_tf32 flag")
+    saved = cudnn.conv.fp32_precision, cudnn.fp32_precision, torch.backends.fp32_precision
+    try:
+        assert cudnn_conv_allows_tf32() == (saved[0] != "ieee")
+        cudnn.conv.fp32_precision = "ieee"  # new API on conv only: legacy allow_tf32 now raises
+        assert cudnn_conv_allows_tf32() is False
+        cudnn.conv.fp32_precision = "tf32"
+        assert cudnn_conv_allows_tf32() is True
+    finally:
+        cudnn.conv.fp32_precision = saved[0]
