@@ -37,13 +37,16 @@ def test_bench_model_smoke(tmp_path):
     assert (tmp_path / "m.png").stat().st_size > 1000
 
 
-def test_bench_kernels_smoke(tmp_path):
-    out = tmp_path / "k.json"
+def _bench_kernels_cpu(out, *args):
+    """Run bench_kernels.py on the CPU at batch 1 with a JSON output; returns the parsed JSON."""
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_kernels.py"), "--device", "cpu",
-                           "--only", "add_relu", "--batch", "1", "--iters", "3", "--budget", "0.5", "--json", str(out)],
-                          capture_output=True, text=True, timeout=600)
+                           "--batch", "1", "--json", str(out), *args], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    data = json.loads(out.read_text())
+    return json.loads(out.read_text())
+
+
+def test_bench_kernels_smoke(tmp_path):
+    data = _bench_kernels_cpu(tmp_path / "k.json", "--only", "add_relu", "--iters", "3", "--budget", "0.5")
     assert data["copy_gbps"] > 0
     assert {r["provider"] for r in data["rows"]} == {"torch add_+relu_", "resnet_fast add_relu_"}
 
@@ -113,12 +116,7 @@ def test_targets_verdicts(tmp_path):
 def test_bench_kernels_conv_smoke(tmp_path):
     # The per-conv benchmark's loop over every distinct ResNet-50 conv (the GPU run adds cuDNN's fused
     # ops and the Triton tuning data to the same rows).
-    out = tmp_path / "k.json"
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_kernels.py"), "--device", "cpu",
-                           "--only", "conv", "--batch", "1", "--iters", "2", "--budget", "0.1", "--json", str(out)],
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    data = json.loads(out.read_text())
+    data = _bench_kernels_cpu(tmp_path / "k.json", "--only", "conv", "--iters", "2", "--budget", "0.1")
     fused = [r for r in data["rows"] if r["provider"] == "resnet_fast fused"]
     assert len(fused) >= 15 and data["matmul_tflops"] > 0
     assert all(r["max_rel_err"] < 1e-4 and r["tflops"] > 0 for r in fused)
