@@ -228,6 +228,11 @@ def _mkldnn_dtype_ok(dtype: torch.dtype) -> bool:
 _HAS_MKLDNN_POINTWISE = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
 
 
+def _onednn_fused(x: torch.Tensor) -> bool:
+    """Whether the CPU body runs oneDNN's fused conv (+post-ops) for this input."""
+    return x.device.type == "cpu" and _HAS_MKLDNN_POINTWISE and _mkldnn_dtype_ok(x.dtype) and x.numel() > 0
+
+
 # oneDNN's blocked copies of a folded CPU weight, attached to the (dense) folded weight tensor. The op
 # schema takes dense tensors only (an opaque mkldnn tensor would dispatch to MkldnnCPU), so the packed
 # copies ride along as an attribute: the Python object of a tensor survives the dispatcher.
@@ -276,7 +281,7 @@ def _conv2d_bias_act_torch(x, weight, bias, residual, stride, padding, dilation,
         bias = bias.to(x.dtype)
     if residual is not None and residual.dtype != x.dtype:
         residual = residual.to(x.dtype)
-    if x.device.type == "cpu" and _HAS_MKLDNN_POINTWISE and _mkldnn_dtype_ok(x.dtype) and x.numel() > 0:
+    if _onednn_fused(x):
         weight = _mkldnn_weight(weight, x, stride, padding, dilation, groups)
         if residual is None:
             return torch.ops.mkldnn._convolution_pointwise(
@@ -348,7 +353,7 @@ def _conv2d_bias_act_add_impl(residual, x, weight, bias, stride, padding, dilati
         return
     if bias.dtype != x.dtype:
         bias = bias.to(x.dtype)
-    if x.device.type == "cpu" and _HAS_MKLDNN_POINTWISE and _mkldnn_dtype_ok(x.dtype) and x.numel() > 0:
+    if _onednn_fused(x):
         torch.ops.mkldnn._convolution_pointwise_.binary(
             residual, x, _mkldnn_weight(weight, x, stride, padding, dilation, groups), bias, padding, stride, dilation, groups, "add", None, "relu" if relu else None, [], ""
         )
