@@ -143,6 +143,10 @@ class FoldCache:
         self._entries: Dict[tuple, Tuple[tuple, FoldedConv]] = {}
         self._lock = threading.Lock()
 
+    def snapshot(self) -> List[FoldedConv]:
+        """The folds held now (a CUDA graph keeps the ones it captured alive)."""
+        return [folded for _, folded in list(self._entries.values())]
+
     def get(self, name: str, conv: nn.Conv2d, norm: nn.Module, dtype: torch.dtype) -> FoldedConv:
         try:
             sig = _signature(conv, norm)

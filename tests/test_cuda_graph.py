@@ -23,6 +23,81 @@ def test_cuda_graph_replays_and_refuses():
     with torch.inference_mode():
         expected = model(x)
     assert rel_err(run(x), expected) < 1e-6
+    # A no-op .to() drops the fold caches without moving storage; assign=True swaps every tensor.
+    model.to(torch.bfloat16)
+    torch.cuda.empty_cache()
+    assert rel_err(run(x), expected) < 1e-6
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(state, assign=True)
+    assert rel_err(run(x), expected) < 1e-6
     model.train()
     with pytest.raises(RuntimeError, match="train mode"):
         run(x)
+
+
+def _fresh_folds(model, size=40):
+    with torch.inference_mode():
+        model(torch.randn(1, 3, size, size))
+    return model
+
+
+def test_weights_state_is_stable_across_forwards():
+    from resnet_fast.graphs import weights_state
+
+    model = _fresh_folds(randomize_bn(resnet_fast.resnet18(), 2).eval())
+    before = weights_state(model)
+    _fresh_folds(model)
+    assert weights_state(model) == before
+
+
+@pytest.mark.parametrize("change", ["edit", "to", "assign", "submodule", "buffer_data"])
+def test_weights_state_sees_what_a_replay_would_miss(change):
+    """Every change after which a captured graph would replay stale (or freed) folds must change the
+    state the replayer compares, so it captures again."""
+    from resnet_fast.graphs import weights_state
+
+    model = _fresh_folds(randomize_bn(resnet_fast.resnet18(), 3).eval())
+    before = weights_state(model)
+    if change == "edit":
+        with torch.no_grad():
+            model.layer2[1].bn2.running_var.mul_(2)
+    elif change == "to":  # a no-op .to() moves no storage, but drops every fold cache
+        model.to(torch.float32)
+    elif change == "assign":
+        model.load_state_dict({k: v.clone() for k, v in model.state_dict().items()}, assign=True)
+    elif change == "submodule":
+        model.fc = torch.nn.Linear(512, 1000)
+    elif change == "buffer_data":
+        model.layer1[0].bn1.running_mean = model.layer1[0].bn1.running_mean.clone()
+    assert weights_state(model) != before
+
+
+def test_weights_state_takes_inference_tensor_weights():
+    from resnet_fast.graphs import weights_state
+
+    with torch.inference_mode():
+        model = randomize_bn(resnet_fast.resnet18(), 4).eval()
+    state = weights_state(model)  # no version counter to read: identity and storage only
+    assert state == weights_state(model)
+
+
+def test_graph_keeps_the_folds_it_reads_alive():
+    """After capture the replayer owns every cached fold, so dropping the caches (``.to()``) cannot
+    free memory a replay reads."""
+    import weakref
+
+    from resnet_fast.graphs import _graph_tensors
+
+    model = _fresh_folds(randomize_bn(resnet_fast.resnet18(), 5).eval())
+    kept = _graph_tensors(model)
+    folds = [f for item in kept if isinstance(item, list) for f in item]
+    assert len(folds) == 20  # resnet18: stem + 16 block convs + 3 projections, one dtype
+    refs = [weakref.ref(f.weight) for f in folds]
+    del folds
+    model.to(torch.float32)  # drops the caches
+    assert all(r() is not None for r in refs)
+    del kept
+    import gc
+
+    gc.collect()
+    assert all(r() is None for r in refs)
