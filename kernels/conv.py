@@ -418,6 +418,11 @@ def conv2d_bias_act(
     tuning_key = (m_bucket, ocg, cg, kh, kw, flat_k, gemm_1x1, residual is not None, split_k, x.dtype, bias.dtype)
     config_kwargs = _chosen_configs.get(tuning_key)
     if config_kwargs is None:
+        if workspace is None and residual is not None and residual.untyped_storage().data_ptr() == y.untyped_storage().data_ptr():
+            # In place (out is the residual): tuning runs every candidate many times on these
+            # arguments, and each run would add the residual again. Tune (and let the tuner's final
+            # run write y) against a copy of it: one copy, on the first call of a layer shape only.
+            args = args[:3] + (residual.clone(),) + args[4:]
         with _tuning_lock:  # best_config is the tuner's last pick: no other launch in between
             _precompile(args, constexprs, grid)
             _conv2d_bias_act_kernel[grid](*args, **constexprs)

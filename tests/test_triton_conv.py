@@ -309,3 +309,45 @@ def test_tf32_rule_follows_pytorch_new_and_legacy_flags():
         assert cudnn_conv_allows_tf32() is True
     finally:
         cudnn.conv.fp32_precision = saved[0]
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("split_k", [1, 2])
+def test_autotuning_an_in_place_epilogue_adds_the_residual_once(monkeypatch, split_k):
+    """Autotuning runs every candidate config many times on the launch's own arguments. For the
+    in-place epilogue (out is the residual) each run would add the residual again: the first forward
+    of every new layer shape would be wrong. Real tuning (several configs, timed) on the CPU here."""
+    import triton
+
+    from resnet_fast.kernels import conv as triton_conv
+
+    tuner = triton_conv._conv2d_bias_act_kernel
+    configs = [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4}, num_warps=4, num_stages=1),
+               triton.Config({"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 8}, num_warps=4, num_stages=1)]
+    runs = []
+
+    def cpu_bench(fn, quantiles=None):
+        for _ in range(3):
+            fn()
+        runs.append(1)
+        return [float(len(runs))] * 3  # the first config timed wins
+
+    monkeypatch.setattr(tuner, "configs", configs)
+    monkeypatch.setattr(tuner, "early_config_prune", None)
+    monkeypatch.setattr(tuner, "_do_bench", cpu_bench, raising=False)
+    monkeypatch.setattr(tuner, "do_bench", cpu_bench, raising=False)
+    monkeypatch.setattr(tuner, "cache_results", False, raising=False)
+    monkeypatch.setattr(tuner, "cache", {})
+    monkeypatch.setattr(triton_conv, "_chosen_configs", {})
+    x, weight, bias, res, conv_args, ref = _case(SHAPE_CLASSES[2], torch.float32, True, True, seed=23, n=1)
+    s, p, d, g = conv_args
+    ptr = res.data_ptr()
+    for call in range(2):  # the tuning call, then the direct launch of the chosen config
+        out = res if call == 0 else res2
+        triton_conv.conv2d_bias_act(x, to_oc_last(weight), bias, out, [s, s], [p, p], [d, d], g, True, out=out,
+                                    split_k=split_k)
+        assert out.data_ptr() == (ptr if call == 0 else out.data_ptr())
+        assert rel_err(out, ref) < 1e-5, f"call {call}"
+        if call == 0:
+            assert len(runs) == 2  # both configs were timed
+            res2 = _case(SHAPE_CLASSES[2], torch.float32, True, True, seed=23, n=1)[3]
