@@ -445,24 +445,16 @@ def conv2d_bias_act(
 def cudnn_conv_allows_tf32() -> bool:
     """Whether PyTorch lets cuDNN convolutions use TF32: the same rule for our fp32 convs.
 
-    PyTorch's newer per-backend setting (``torch.backends.cudnn.conv.fp32_precision``: "tf32",
-    "ieee", or "none" to inherit from ``torch.backends.cudnn`` then ``torch.backends``) wins; reading
-    the legacy ``torch.backends.cudnn.allow_tf32`` raises once conv and RNN were set differently
-    through the new API, so it is only the fallback for PyTorch builds without it.
+    PyTorch's newer per-backend setting wins: ``torch.backends.cudnn.conv.fp32_precision``, which
+    reads "none" through to ``torch.backends.cudnn`` and then ``torch.backends`` (checked on torch
+    2.11 and 2.14); "none" all the way up means no TF32 (the state the legacy ``cudnn.allow_tf32 =
+    False`` leaves). Reading the legacy flag raises once conv and RNN were set differently through
+    the new API, so it is read only on PyTorch builds without the new one.
     """
-    cudnn = torch.backends.cudnn
-    for holder in (getattr(cudnn, "conv", None), cudnn, torch.backends):
-        precision = getattr(holder, "fp32_precision", None) if holder is not None else None
-        if precision in ("tf32", "ieee"):
-            return precision == "tf32"
-        if precision is None:
-            break
-    else:
-        return True  # every level says "none": cuDNN's default, TF32 allowed
-    try:
-        return bool(cudnn.allow_tf32)
-    except RuntimeError:
-        return True
+    conv_level = getattr(getattr(torch.backends.cudnn, "conv", None), "fp32_precision", None)
+    if conv_level is None:
+        return bool(torch.backends.cudnn.allow_tf32)
+    return conv_level == "tf32"
 
 
 _SM_COUNTS = {}

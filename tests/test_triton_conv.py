@@ -307,8 +307,18 @@ def test_tf32_rule_follows_pytorch_new_and_legacy_flags():
         assert cudnn_conv_allows_tf32() is False
         cudnn.conv.fp32_precision = "tf32"
         assert cudnn_conv_allows_tf32() is True
+        cudnn.allow_tf32 = False  # legacy API: conv's level becomes "none", and so is every level above
+        assert cudnn_conv_allows_tf32() is False
+        assert cudnn_conv_allows_tf32() is torch._C._get_cudnn_allow_tf32()
+        cudnn.allow_tf32 = True
+        assert cudnn_conv_allows_tf32() is True
+        cudnn.conv.fp32_precision = "none"
+        cudnn.fp32_precision = "ieee"  # conv inherits the cuDNN level
+        assert cudnn_conv_allows_tf32() is False
+        cudnn.fp32_precision = "tf32"
+        assert cudnn_conv_allows_tf32() is True
     finally:
-        cudnn.conv.fp32_precision = saved[0]
+        cudnn.conv.fp32_precision, cudnn.fp32_precision, torch.backends.fp32_precision = saved
 
 
 @pytest.mark.interpreter
