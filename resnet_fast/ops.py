@@ -152,7 +152,7 @@ def add_relu(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.ops.resnet_fast.add_relu(a, b)
 
 
-fx_symbolic_tracing = getattr(torch.fx._symbolic_trace, "is_fx_tracing_symbolic_tracing", None) or torch.fx._symbolic_trace.is_fx_tracing
+fx_symbolic_tracing = getattr(torch.fx._symbolic_trace, "is_fx_symbolic_tracing", None) or torch.fx._symbolic_trace.is_fx_tracing
 
 
 def residual_add_relu(out: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
