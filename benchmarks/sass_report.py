@@ -23,6 +23,7 @@ import tempfile
 os.environ.pop("TRITON_INTERPRET", None)
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
 
+import torch  # noqa: E402
 import triton  # noqa: E402
 
 from resnet_fast.kernels import conv as K  # noqa: E402
@@ -39,7 +40,11 @@ SPECS = {
     "3x3_grouped_g32": ("bf16", 3, True, False, False, True, "tf32", 128, 128, 32),
     # batch 1 in layer4: M = 49, K split 8 ways (the 11th field), fp32 partials to a workspace
     "3x3_c512_batch1_split8": ("bf16", 3, False, False, True, True, "tf32", 512, 512, 1, 8),
+    # fp32 with TF32 tensor cores: operands rounded to TF32 in registers (cvt.rna), 4-byte tiles
+    "3x3_fp32_tf32": ("fp32", 3, False, False, False, True, "tf32", 256, 256, 1),
+    "conv3_1x1_residual_fp32_tf32": ("fp32", 1, False, True, True, True, "tf32", 64, 256, 1),
 }
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def _cuobjdump(cubin: bytes, flag: str) -> str:
@@ -70,7 +75,7 @@ def report(spec, config, arch):
         "BLOCK": "x".join(str(config.kwargs[k]) for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K")),
         "warps": config.num_warps, "stages": config.num_stages,
         "smem_KB": kernel.metadata.shared // 1024,
-        "HGMMA": base["HGMMA"], "HMMA": base["HMMA"], "LDGSTS": base["LDGSTS"], "LDG": base["LDG"],
+        "HGMMA": base["HGMMA"], "cvt.rna.tf32": kernel.asm["ptx"].count("cvt.rna.tf32"), "HMMA": base["HMMA"], "LDGSTS": base["LDGSTS"], "LDG": base["LDG"],
         "128-bit loads": f"{wide}/{loads}", "LDL": base["LDL"], "STL": base["STL"],
         "regs": regs.group(1) if regs else "?", "stack": stack.group(1) if stack else "?",
     }
@@ -89,7 +94,9 @@ def main(argv=None) -> int:
     for name in names:
         spec = SPECS[name]
         m_bucket = 64 if len(spec) > 10 else 1 << 20
-        configs = K._prune(K._configs(), {"M_BUCKET": m_bucket, "OCg": spec[8] // spec[9], "Cg": spec[7] // spec[9]},
+        named = {"M_BUCKET": m_bucket, "OCg": spec[8] // spec[9], "Cg": spec[7] // spec[9],
+                 "x_ptr": torch.empty(0, dtype=_DTYPES[spec[0]])}
+        configs = K._prune(K._configs(), named,
                            FLAT_K=spec[2], KH=spec[1], KW=spec[1], HAS_RESIDUAL=spec[4])
         rows = results[name] = [report(spec, cfg, args.arch) for cfg in configs]
         cols = list(rows[0])

@@ -80,6 +80,10 @@ def _configs() -> List[triton.Config]:
     return configs
 
 
+# Hopper's shared memory per block (227 KB); a config whose pipeline buffers exceed it fails to load.
+_SHARED_MEMORY_BYTES = 232448
+
+
 def _prune(configs, named_args, **kwargs):
     """The configs made for this problem's K walk, minus tiles far larger than the problem (tiny M at
     batch 1, few channels per group)."""
@@ -90,8 +94,12 @@ def _prune(configs, named_args, **kwargs):
     residual = bool(kwargs.get("HAS_RESIDUAL", False))
     narrow = ocg <= 32
 
+    element_size = named_args["x_ptr"].element_size()
+
     def wanted(c):
         bm, bn, bk = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]
+        if c.num_stages * (bm + bn) * bk * element_size > _SHARED_MEMORY_BYTES:
+            return False  # fp32: the pipeline's A and B buffers alone exceed shared memory
         if bn < 64:
             return narrow
         if (bk == 32) != flat_k:
@@ -130,11 +138,23 @@ if "cache_results" in _AUTOTUNE_PARAMS and os.environ.get("RESNET_FAST_AUTOTUNE_
     _BENCH_ARGS["cache_results"] = True
 
 
+@triton.jit
+def _tf32_operand(v, INPUT_PRECISION: tl.constexpr):
+    """fp32 operands of a TF32 dot, rounded to nearest TF32 as cuDNN rounds them: the tensor cores
+    would otherwise drop the low 13 mantissa bits, a biased truncation with ~2.5x the error on
+    ResNet-like (post-ReLU, all positive) activations. 16-bit operands pass through."""
+    if INPUT_PRECISION == "tf32":
+        if v.dtype == tl.float32:
+            v = tl.inline_asm_elementwise("cvt.rna.tf32.f32 $0, $1;", "=r,r", [v], dtype=tl.float32,
+                                          is_pure=True, pack=1)
+    return v
+
+
 @triton.autotune(
     configs=_configs(),
     # M_BUCKET (M rounded up to a power of two) instead of N, OH, OW: batch and image sizes that
     # land in the same bucket share one tuning run.
-    key=["M_BUCKET", "OCg", "Cg", "KH", "KW", "FLAT_K", "GEMM_1X1", "HAS_RESIDUAL", "SPLIT_K"],
+    key=["M_BUCKET", "OCg", "Cg", "KH", "KW", "FLAT_K", "GEMM_1X1", "HAS_RESIDUAL", "SPLIT_K", "INPUT_PRECISION"],
     prune_configs_by={"early_config_prune": _prune},
     **_BENCH_ARGS,
 )
@@ -206,7 +226,8 @@ def _conv2d_bias_act_kernel(
             mask_c = c < Cg
             a = tl.load(x_ptr + a_rows[:, None] + c[None, :], mask=mask_m[:, None] & mask_c[None, :], other=0.0)
             b = tl.load(w_ptr + oc[None, :] + c[:, None] * swc, mask=mask_c[:, None] & mask_n[None, :], other=0.0)
-            acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+            acc = tl.dot(_tf32_operand(a, INPUT_PRECISION), _tf32_operand(b, INPUT_PRECISION), acc,
+                       input_precision=INPUT_PRECISION)
     else:
         ow = offs_m % OW
         oh = (offs_m // OW) % OH
@@ -228,7 +249,8 @@ def _conv2d_bias_act_kernel(
                 a = tl.load(x_ptr + x_rows[:, None] + ih * sxh + iw * sxw + c[None, :], mask=a_mask, other=0.0)
                 w_rows = c * swc + kh * swh + kw * sww
                 b = tl.load(w_ptr + oc[None, :] + w_rows[:, None], mask=mask_k[:, None] & mask_n[None, :], other=0.0)
-                acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+                acc = tl.dot(_tf32_operand(a, INPUT_PRECISION), _tf32_operand(b, INPUT_PRECISION), acc,
+                       input_precision=INPUT_PRECISION)
         else:
             # One loop over (tap, channel block) pairs rather than a loop per tap: with 64 channels
             # a tap is a single K step, and only one loop lets the pipeliner overlap the next taps'
@@ -247,7 +269,8 @@ def _conv2d_bias_act_kernel(
                             mask=valid[:, None] & mask_c[None, :], other=0.0)
                 b = tl.load(w_ptr + oc[None, :] + (kh * swh + kw * sww) + c[:, None] * swc,
                             mask=mask_c[:, None] & mask_n[None, :], other=0.0)
-                acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+                acc = tl.dot(_tf32_operand(a, INPUT_PRECISION), _tf32_operand(b, INPUT_PRECISION), acc,
+                       input_precision=INPUT_PRECISION)
 
     # Epilogue: the output (and residual) are channels_last, i.e. a row-major [M, OC] matrix.
     y_offs = offs_m[:, None] * OC + oc[None, :]
@@ -257,11 +280,15 @@ def _conv2d_bias_act_kernel(
         if HAS_RESIDUAL:
             acc += tl.load(r_ptr + y_offs, mask=y_mask, other=0.0).to(tl.float32)
         if RELU:
-            acc = tl.maximum(acc, 0.0)
+            acc = tl.where(acc < 0.0, 0.0, acc)  # NaN stays NaN, as in torch.relu (max would drop it)
         tl.store(y_ptr + y_offs, acc.to(y_ptr.dtype.element_ty), mask=y_mask)
     else:
         # y_ptr is the fp32 workspace [SPLIT_K, M, OC]; this program's share goes to its slice.
-        tl.store(y_ptr + tl.program_id(2) * (M * OC) + y_offs, acc, mask=y_mask)
+        if INDEX_64:
+            share = tl.program_id(2).to(tl.int64)
+        else:
+            share = tl.program_id(2)
+        tl.store(y_ptr + share * M * OC + y_offs, acc, mask=y_mask)
 
 
 @triton.jit
@@ -278,7 +305,7 @@ def _splitk_reduce_kernel(ws_ptr, b_ptr, r_ptr, y_ptr, total, OC,
     if HAS_RESIDUAL:
         acc += tl.load(r_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     if RELU:
-        acc = tl.maximum(acc, 0.0)
+        acc = tl.where(acc < 0.0, 0.0, acc)  # NaN stays NaN, as in torch.relu (max would drop it)
     tl.store(y_ptr + offs, acc.to(y_ptr.dtype.element_ty), mask=mask)
 
 
@@ -355,6 +382,27 @@ def conv2d_bias_act(
     activation has 2^31 elements or more. ``split_k`` forces a K split (tests); by default
     ``choose_split_k`` decides.
     """
+    if x.is_cuda and x.device.index != torch.cuda.current_device():
+        # Triton launches on the current device (and autotuning times there): switch to x's.
+        with torch.cuda.device(x.device):
+            return _launch(x, weight, bias, residual, stride, padding, dilation, groups, relu, out, index_64, split_k)
+    return _launch(x, weight, bias, residual, stride, padding, dilation, groups, relu, out, index_64, split_k)
+
+
+def _launch(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    residual: Optional[torch.Tensor],
+    stride: List[int],
+    padding: List[int],
+    dilation: List[int],
+    groups: int,
+    relu: bool,
+    out: Optional[torch.Tensor] = None,
+    index_64: Optional[bool] = None,
+    split_k: Optional[int] = None,
+) -> torch.Tensor:
     global launch_count
     if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise TypeError(f"resnet_fast Triton conv: expected float32, float16 or bfloat16, got {x.dtype}")
@@ -376,6 +424,8 @@ def conv2d_bias_act(
         # The kernel takes output channels as the weight's unit stride (coalesced B tiles); folded
         # weights already come that way (resnet_fast.fused.to_oc_last), others are repacked here.
         weight = to_oc_last(weight)
+    if bias.stride(0) != 1:
+        bias = bias.contiguous()  # the kernels index bias by output channel
     if residual is not None and (residual.stride() != y.stride() or residual.dtype != y.dtype):
         residual = torch.empty_like(y).copy_(residual)
     ocg = oc // groups
@@ -415,9 +465,17 @@ def conv2d_bias_act(
     # The autotuner's own key (its `key` list plus the tensors' dtypes). Once a key is tuned, launch
     # the kernel with its config directly: Autotuner.run rebuilds dicts over all 35 arguments on
     # every call, Python overhead paid 53 times per ResNet-50 forward.
-    tuning_key = (m_bucket, ocg, cg, kh, kw, flat_k, gemm_1x1, residual is not None, split_k, x.dtype, bias.dtype)
+    tuning_key = (m_bucket, ocg, cg, kh, kw, flat_k, gemm_1x1, residual is not None, split_k, precision, x.dtype,
+                  bias.dtype)
     config_kwargs = _chosen_configs.get(tuning_key)
     if config_kwargs is None:
+        if _capturing(x):
+            # Tuning synchronises the device, which would invalidate the capture.
+            raise RuntimeError(
+                f"resnet_fast: the Triton conv for this layer shape ({n}x{c}x{h}x{w} -> {oc} channels, "
+                f"{kh}x{kw} kernel, {x.dtype}) is not tuned yet, and it cannot be tuned during CUDA graph "
+                "capture: run the model once on inputs of this shape before capturing (a warm-up "
+                "iteration, as torch.cuda.graph's documentation asks), or use resnet_fast.cuda_graph")
         if workspace is None and residual is not None and residual.untyped_storage().data_ptr() == y.untyped_storage().data_ptr():
             # In place (out is the residual): tuning runs every candidate many times on these
             # arguments, and each run would add the residual again. Tune (and let the tuner's final
@@ -440,6 +498,10 @@ def conv2d_bias_act(
         )
     launch_count += 1
     return y
+
+
+def _capturing(x: torch.Tensor) -> bool:
+    return x.is_cuda and torch.cuda.is_current_stream_capturing()
 
 
 def cudnn_conv_allows_tf32() -> bool:

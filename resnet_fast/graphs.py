@@ -111,6 +111,8 @@ def cuda_graph(model: nn.Module, example_input: torch.Tensor, warmup: int = 3, c
     """Capture ``model``'s eval forward for inputs like ``example_input`` and return a replayer."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"cuda_graph: expected an nn.Module, got {type(model).__name__}")
+    if not isinstance(warmup, int) or warmup < 1:
+        raise ValueError(f"cuda_graph: expected warmup >= 1 (autotuning and folds must happen before capture), got {warmup!r}")
     if model.training:
         raise ValueError("cuda_graph: expected a model in eval mode (call model.eval()); train mode cannot be captured")
     if not isinstance(example_input, torch.Tensor) or example_input.device.type != "cuda":

@@ -58,3 +58,5 @@ def test_cuda_graph_refuses_clearly_without_cuda(model):
     with pytest.raises(ValueError, match=r"expected a model in eval mode"):
         resnet_fast.cuda_graph(model.train(), torch.randn(1, 3, 32, 32))
     model.eval()
+    with pytest.raises(ValueError, match=r"expected warmup >= 1 .*got 0"):
+        resnet_fast.cuda_graph(model, torch.randn(1, 3, 32, 32), warmup=0)

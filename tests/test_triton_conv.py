@@ -250,6 +250,18 @@ def test_gpu_autocast_runs_bf16():
     assert out.dtype == torch.bfloat16
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("split_k", [1, 4])
+def test_gpu_relu_keeps_nan_like_torch(split_k):
+    # Compiled, max(x, 0) is fmax: NaN would come out as 0 (the interpreter's numpy keeps it).
+    x, weight, bias, res, conv_args, ref = _case(SHAPE_CLASSES[2], torch.bfloat16, True, True, device="cuda", seed=31)
+    x[0, :, 3, 4] = float("nan")
+    y = _run_kernel(x, weight, bias, res, conv_args, True, split_k=split_k)
+    expected = _torch_same_dtype(x, weight, bias, res, conv_args, True)
+    assert torch.isnan(expected).any()
+    assert torch.equal(torch.isnan(y), torch.isnan(expected))
+
+
 @pytest.mark.interpreter
 @pytest.mark.parametrize("backend", ["triton", "torch"])
 def test_inplace_epilogue_op(backend):
@@ -361,3 +373,29 @@ def test_autotuning_an_in_place_epilogue_adds_the_residual_once(monkeypatch, spl
         if call == 0:
             assert len(runs) == 2  # both configs were timed
             res2 = _case(SHAPE_CLASSES[2], torch.float32, True, True, seed=23, n=1)[3]
+
+
+@pytest.mark.interpreter
+def test_untuned_layer_during_graph_capture_is_refused_clearly(monkeypatch):
+    """Tuning synchronises the device, which invalidates a CUDA graph capture: a layer shape met for
+    the first time during capture gets an error that says what to do; a tuned one launches."""
+    from resnet_fast.kernels import conv as triton_conv
+
+    monkeypatch.setattr(triton_conv, "_chosen_configs", {})
+    x, weight, bias, res, conv_args, ref = _case(SHAPE_CLASSES[0], torch.float32, False, True, seed=29)
+    monkeypatch.setattr(triton_conv, "_capturing", lambda t: True)
+    with pytest.raises(RuntimeError, match="not tuned yet.*run the model once on inputs of this shape before capturing"):
+        _run_kernel(x, weight, bias, res, conv_args, True)
+    monkeypatch.setattr(triton_conv, "_capturing", lambda t: False)
+    _run_kernel(x, weight, bias, res, conv_args, True)  # tunes
+    monkeypatch.setattr(triton_conv, "_capturing", lambda t: True)
+    assert rel_err(_run_kernel(x, weight, bias, res, conv_args, True), ref) < 1e-5
+
+
+@pytest.mark.interpreter
+def test_strided_bias_is_read_by_channel():
+    x, weight, bias, res, conv_args, ref = _case(SHAPE_CLASSES[0], torch.float32, False, True, seed=37)
+    spread = torch.zeros(2 * bias.numel())
+    spread[::2] = bias
+    y = _run_kernel(x, weight, spread[::2], res, conv_args, True)
+    assert rel_err(y, ref) < 1e-5
