@@ -3,7 +3,7 @@
 # then at most 8 files into $OUT, which is all the tool brings back: summary.md (with the targets
 # table), the four JSON results, the plot, and every log in one tarball.
 #
-#   run: bash benchmarks/device_run.sh            (timeout_s ~ 540: the suite caps itself at 450 s)
+#   run: bash benchmarks/device_run.sh            (timeout_s ~ 470: the suite caps itself at 400 s)
 #
 # Extra arguments go to gpu_suite.sh; step budgets through its environment variables.
 set -u

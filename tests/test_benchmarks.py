@@ -37,6 +37,19 @@ def test_bench_model_smoke(tmp_path):
     assert (tmp_path / "m.png").stat().st_size > 1000
 
 
+def test_bench_model_compile_provider_comes_last_with_its_compile_time(tmp_path):
+    out = tmp_path / "c.json"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_model.py"), "--device", "cpu",
+                           "--models", "resnet18", "--batch-sizes", "1", "--size", "32", "--quick", "--compile",
+                           "--json", str(out)], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    # torch.compile is built when its turn comes, after every other provider was timed and saved.
+    assert [r["provider"] for r in rows] == ["torchvision", "torchvision_cl", "resnet_fast", "torch_compile"]
+    assert rows[-1]["compile_s"] > 0 and rows[-1]["max_rel_err_vs_torchvision"] < 1e-4
+    assert all(r["compile_s"] is None for r in rows[:-1])
+
+
 def _bench_kernels_cpu(out, *args):
     """Run bench_kernels.py on the CPU at batch 1 with a JSON output; returns the parsed JSON."""
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_kernels.py"), "--device", "cpu",
