@@ -335,6 +335,12 @@ def _precompile(args, constexprs, grid) -> None:
             _conv2d_bias_act_kernel.warmup(*args, grid=grid, **constexprs)
     except Exception as e:  # noqa: BLE001 - an optimisation only: never break a launch
         _precompile_failed = True
+        try:  # Triton 3.6 leaves the mode active in this thread when a compile in it failed
+            from triton.runtime import _async_compile
+
+            _async_compile.active_mode.set(None)
+        except Exception:  # noqa: BLE001
+            pass
         import warnings
 
         warnings.warn(f"resnet_fast: parallel Triton compile unavailable ({type(e).__name__}: {e}); compiling serially")

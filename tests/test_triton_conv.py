@@ -306,6 +306,30 @@ def test_parallel_precompile_failure_falls_back(monkeypatch):
     assert rel_err(y, ref) < 1e-5
 
 
+@pytest.mark.interpreter
+def test_parallel_precompile_compile_error_leaves_no_async_mode_behind(monkeypatch):
+    # A compile that fails inside the mode: Triton 3.6's AsyncCompileMode.__exit__ raises before it
+    # clears the thread's active mode, which would route every later compile through a dead pool.
+    from triton.runtime import _async_compile
+
+    from resnet_fast.kernels import conv as triton_conv
+
+    class FailsInside(_async_compile.AsyncCompileMode):
+        def __exit__(self, *exc):
+            raise RuntimeError("ptxas died")  # and, as 3.6 does then, leaves active_mode set
+
+    monkeypatch.setattr(triton_conv, "INTERPRET", False)
+    monkeypatch.setattr(triton_conv, "_precompile_failed", False)
+    monkeypatch.setattr(triton_conv, "_chosen_configs", {})
+    monkeypatch.setattr(triton_conv.triton, "AsyncCompileMode", FailsInside)
+    monkeypatch.setattr(triton_conv._conv2d_bias_act_kernel, "warmup", lambda *a, **k: None)
+    x, weight, bias, res, conv_args, ref = _case(SHAPE_CLASSES[0], torch.float32, True, True, seed=41)
+    with pytest.warns(UserWarning, match="parallel Triton compile unavailable.*ptxas died"):
+        y = _run_kernel(x, weight, bias, res, conv_args, True)
+    assert _async_compile.active_mode.get() is None
+    assert rel_err(y, ref) < 1e-5
+
+
 def test_tf32_rule_follows_pytorch_new_and_legacy_flags():
     from resnet_fast.kernels.conv import cudnn_conv_allows_tf32
 
