@@ -7,7 +7,7 @@
 #   bash benchmarks/gpu_suite.sh OUTDIR            # run
 #   bash benchmarks/gpu_suite.sh OUTDIR --dry-run  # list the steps (works on a CPU machine)
 #
-# Step budgets (seconds) can be changed with T_INSTALL, T_TESTS, T_MODEL_BF16, T_KERNELS, T_COMPILE, T_MODEL_FP16;
+# Step budgets (seconds) can be changed with T_INSTALL, T_TESTS, T_MODEL_BF16, T_KERNELS, T_COMPILE, T_PROFILE, T_MODEL_FP16;
 # SUITE_BUDGET (default 400) caps the whole run: with the machine's start-up it leaves a lent
 # session's 15 minutes room for a shorter second run.
 set -u
@@ -76,6 +76,9 @@ step tests        "${T_TESTS:-110}"     env RESNET_FAST_AUTOTUNE=0 $PY -m pytest
 # torch.compile (default mode: max-autotune compiles for minutes) at batch 256, beside torchvision
 # and resnet_fast again in the same process; rows are saved per provider and compile comes last.
 step compile_bf16 "${T_COMPILE:-90}"   $PY benchmarks/bench_model.py --device cuda --models resnet50 --batch-sizes 256 --dtype bfloat16 --compile --compile-mode "${COMPILE_MODE:-default}" --iters 20 --budget 2 --json "$OUT/compile-bf16.json" --markdown "$OUT/compile-bf16.md"
+# Kernel by kernel through one eager forward (torch.profiler): at batch 1 the launch-order list says
+# which convs the CUDA graph's replay time goes to; at 256, the conv/split-K/pooling split.
+step profile      "${T_PROFILE:-30}"    $PY benchmarks/profile_model.py --device cuda --model resnet50 --batch-sizes 1,256 --dtype bfloat16 --json "$OUT/profile-bf16.json" --markdown "$OUT/profile-bf16.md"
 step model_fp16   "${T_MODEL_FP16:-60}"  $PY benchmarks/bench_model.py --device cuda --models resnet50 --batch-sizes 256 --dtype float16 --iters 20 --budget 2 --json "$OUT/model-fp16.json" --markdown "$OUT/model-fp16.md"
 
 {
@@ -104,7 +107,7 @@ step model_fp16   "${T_MODEL_FP16:-60}"  $PY benchmarks/bench_model.py --device 
     echo
     $PY benchmarks/targets.py "$OUT" 2>&1
     echo
-    for f in model-bf16 kernels-bf16 compile-bf16 model-fp16; do
+    for f in model-bf16 kernels-bf16 compile-bf16 model-fp16 profile-bf16; do
       [ -f "$OUT/$f.md" ] && { cat "$OUT/$f.md"; echo; }
     done
   fi

@@ -12,7 +12,7 @@ def test_gpu_suite_dry_run(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     steps = [line.split()[0] for line in proc.stdout.splitlines() if line and not line.startswith(("#", "|", "Total"))]
-    for name in ("install", "extension", "device", "tests", "kernels", "model_bf16", "model_fp16"):
+    for name in ("install", "extension", "device", "tests", "kernels", "model_bf16", "compile_bf16", "profile", "model_fp16"):
         assert name in steps, proc.stdout
     summary = (tmp_path / "out" / "summary.md").read_text()
     assert "dry run" in summary and "| tests | dry-run |" in summary
@@ -48,6 +48,25 @@ def test_bench_model_compile_provider_comes_last_with_its_compile_time(tmp_path)
     assert [r["provider"] for r in rows] == ["torchvision", "torchvision_cl", "resnet_fast", "torch_compile"]
     assert rows[-1]["compile_s"] > 0 and rows[-1]["max_rel_err_vs_torchvision"] < 1e-4
     assert all(r["compile_s"] is None for r in rows[:-1])
+
+
+def test_profile_model_smoke(tmp_path):
+    out = tmp_path / "p.json"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "profile_model.py"), "--device", "cpu",
+                           "--model", "resnet18", "--batch-sizes", "1,2", "--size", "48", "--iters", "2",
+                           "--sequence-up-to", "1", "--json", str(out), "--markdown", str(tmp_path / "p.md")],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    rows = [r for r in data["rows"] if r["batch_size"] == 1]
+    by_name = {r["name"]: r for r in rows}
+    # resnet18: 20 convs, 12 plain (stem, first conv of each block, 3 projections) and 8 with the residual
+    assert by_name["resnet_fast::conv2d_bias_act"]["calls_per_forward"] == 12
+    assert by_name["resnet_fast::conv2d_bias_act_add_"]["calls_per_forward"] == 8
+    assert abs(sum(r["share"] for r in rows) - 1) < 1e-6
+    forward = data["forwards"]["1"]
+    assert 0 < forward["busy_us"] and len(forward["sequence"]) == sum(r["calls_per_forward"] for r in rows)
+    assert "one forward in launch order" in (tmp_path / "p.md").read_text()
 
 
 def _bench_kernels_cpu(out, *args):
