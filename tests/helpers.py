@@ -38,3 +38,10 @@ def float64_reference(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     ref = copy.deepcopy(model).to(device="cpu", dtype=torch.float64)
     with torch.no_grad():
         return ref(x.detach().to(device="cpu", dtype=torch.float64).contiguous())
+
+
+def tf32_round(t: torch.Tensor) -> torch.Tensor:
+    """fp32 values rounded to nearest TF32 (10 mantissa bits, ties away from zero): what the Triton
+    conv's ``cvt.rna.tf32.f32`` does to fp32 operands before a TF32 tensor-core dot."""
+    bits = t.float().contiguous().view(torch.int32)
+    return ((bits + 0x1000) & ~0x1FFF).view(torch.float32).reshape(t.shape)

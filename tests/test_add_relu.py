@@ -71,8 +71,10 @@ def test_opcheck():
     a = torch.randn(2, 5, 7, 3, requires_grad=True)
     b = torch.randn(2, 5, 7, 3, requires_grad=True)
     torch.library.opcheck(torch.ops.resnet_fast.add_relu.default, (a, b))
-    a2 = torch.randn(2, 5, 7, 3).contiguous(memory_format=torch.channels_last)
-    b2 = torch.randn(2, 5, 7, 3)
+    # Non-leaf inputs that need grad: with none, opcheck skips the autograd registration check.
+    a2 = torch.randn(2, 5, 7, 3).contiguous(memory_format=torch.channels_last).requires_grad_() * 1
+    b2 = torch.randn(2, 5, 7, 3, requires_grad=True)
+    assert a2.is_contiguous(memory_format=torch.channels_last)
     # PyTorch cannot functionalize custom ops with aliased outputs (the schema's ``-> Tensor(a!)``),
     # so the AOT-dispatch check does not apply; the model uses the functional op while compiling.
     torch.library.opcheck(
@@ -179,9 +181,16 @@ def test_gpu_every_dtype_and_layout(dtype, layout):
     a, b = _layouts((2, 64, 17, 19), dtype, "cuda")[layout]
     expected = (a.float() + b.float()).relu().to(dtype) if dtype != torch.float64 else (a + b).relu()
     assert torch.equal(torch.ops.resnet_fast.add_relu(a, b), expected)
-    a2 = a.clone(memory_format=torch.preserve_format)
+    if a.is_non_overlapping_and_dense():
+        a2 = a.clone(memory_format=torch.preserve_format)
+    else:  # clone() would make it dense: a copy of the parent, then the same view of it
+        a2 = a._base.clone().as_strided(a.shape, a.stride(), a.storage_offset())
+        assert not a2.is_non_overlapping_and_dense()
+    parent = a2._base
     torch.ops.resnet_fast.add_relu_(a2, b)
     assert torch.equal(a2, expected)
+    if parent is not None:  # written through the view: what lies outside it is untouched
+        assert torch.equal(parent[..., 0], a._base[..., 0]) and torch.equal(parent[..., -2:], a._base[..., -2:])
 
 
 @pytest.mark.gpu
@@ -209,9 +218,9 @@ def test_gpu_opcheck_and_gradcheck():
     a = torch.randn(2, 5, 7, 3, device="cuda", requires_grad=True)
     b = torch.randn(2, 5, 7, 3, device="cuda", requires_grad=True)
     torch.library.opcheck(torch.ops.resnet_fast.add_relu.default, (a, b))
-    torch.library.opcheck(
+    torch.library.opcheck(  # non-leaf inputs that need grad, or the autograd registration check is skipped
         torch.ops.resnet_fast.add_relu_.default,
-        (a.detach().clone(), b.detach()),
+        (a.detach().clone().requires_grad_() * 1, b),
         test_utils=("test_schema", "test_autograd_registration", "test_faketensor"),
     )
     a64 = a.detach().double().requires_grad_()

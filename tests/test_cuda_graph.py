@@ -4,6 +4,11 @@ import torch
 import resnet_fast
 from helpers import randomize_bn, rel_err
 
+# Replay against an eager forward, bf16: the same kernels, but cuBLAS may pick another algorithm for
+# the fc layer under capture (a few bf16 ulps). A stale fold (running_var x4) changes the output by
+# order 1, far above this.
+GRAPH_TOL = 1e-2
+
 
 @pytest.mark.gpu
 def test_cuda_graph_replays_and_refuses():
@@ -15,21 +20,21 @@ def test_cuda_graph_replays_and_refuses():
         y = torch.randn_like(x)
         with torch.inference_mode():
             expected = model(y)
-        assert rel_err(run(y), expected) < 1e-6
+        assert rel_err(run(y), expected) < GRAPH_TOL
     with pytest.raises(ValueError, match=r"captured for input \(1, 3, 224, 224\)"):
         run(torch.randn(2, 3, 224, 224, device="cuda", dtype=torch.bfloat16))
     with torch.no_grad():  # an edit after capture re-captures instead of replaying stale folds
         model.layer1[0].bn1.running_var.mul_(4)
     with torch.inference_mode():
         expected = model(x)
-    assert rel_err(run(x), expected) < 1e-6
+    assert rel_err(run(x), expected) < GRAPH_TOL
     # A no-op .to() drops the fold caches without moving storage; assign=True swaps every tensor.
     model.to(torch.bfloat16)
     torch.cuda.empty_cache()
-    assert rel_err(run(x), expected) < 1e-6
+    assert rel_err(run(x), expected) < GRAPH_TOL
     state = {k: v.clone() for k, v in model.state_dict().items()}
     model.load_state_dict(state, assign=True)
-    assert rel_err(run(x), expected) < 1e-6
+    assert rel_err(run(x), expected) < GRAPH_TOL
     model.train()
     with pytest.raises(RuntimeError, match="train mode"):
         run(x)
