@@ -57,6 +57,23 @@ def _cuobjdump(cubin: bytes, flag: str) -> str:
         os.unlink(f.name)
 
 
+def main_loop(sass: str):
+    """The instructions of the kernel's longest loop (a backward branch to its start): the K loop.
+    Their count is what one K step costs in issue slots per thread, beside its few HGMMAs."""
+    ins = []
+    for line in sass.splitlines():
+        m = re.match(r"^\s+/\*([0-9a-f]+)\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]+)(.*)", line)
+        if m:
+            ins.append((int(m.group(1), 16), m.group(2), m.group(3)))
+    best = []
+    for addr, op, rest in ins:
+        target = re.search(r"0x([0-9a-f]+)", rest) if op == "BRA" else None
+        if target and int(target.group(1), 16) < addr:
+            body = [o for a, o, _ in ins if int(target.group(1), 16) <= a <= addr]
+            best = body if len(body) > len(best) else best
+    return best
+
+
 def report(spec, config, arch):
     kernel = K.aot_compile(*spec[:7], config=config, arch=arch, channels=spec[7], out_channels=spec[8], groups=spec[9],
                            split_k=spec[10] if len(spec) > 10 else 1)
@@ -78,6 +95,7 @@ def report(spec, config, arch):
         "HGMMA": base["HGMMA"], "cvt.rna.tf32": kernel.asm["ptx"].count("cvt.rna.tf32"), "HMMA": base["HMMA"], "LDGSTS": base["LDGSTS"], "LDG": base["LDG"],
         "128-bit loads": f"{wide}/{loads}", "LDL": base["LDL"], "STL": base["STL"],
         "regs": regs.group(1) if regs else "?", "stack": stack.group(1) if stack else "?",
+        "loop_instrs": len(main_loop(sass)),
     }
 
 

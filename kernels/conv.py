@@ -169,7 +169,7 @@ def _conv2d_bias_act_kernel(
     swc, swh, sww,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     KH: tl.constexpr, KW: tl.constexpr,
-    FLAT_K: tl.constexpr, GEMM_1X1: tl.constexpr,
+    FLAT_K: tl.constexpr, FLAT_CG: tl.constexpr, GEMM_1X1: tl.constexpr,
     HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr, INPUT_PRECISION: tl.constexpr, INDEX_64: tl.constexpr,
     SPLIT_K: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
@@ -236,21 +236,32 @@ def _conv2d_bias_act_kernel(
         iw0 = ow * stride_w - pad_w
         x_rows = n * sxn + g * Cg
         if FLAT_K:
-            K = KH * KW * Cg
+            # K = (kh, kw, c) flattened, with the channel count a constexpr (FLAT_CG: 3 for the stem,
+            # 4-16 for ResNeXt groups) so that splitting k is multiply-shift, not the ~20-instruction
+            # runtime division that made this loop issue-bound (612 instructions per K step for the
+            # stem's 128x64 tile, against 4 HGMMAs). The A address is a sum of a per-row and a
+            # per-column term, and each halo check is one unsigned compare: rows past M and columns
+            # past K get a coordinate far below zero, which fails it as well.
+            K = KH * KW * FLAT_CG
+            far = -(1 << 24)
+            row_base = x_rows + ih0 * sxh + iw0 * sxw
+            ih0_rows = tl.where(mask_m, ih0, far)
             for k0 in range(step_lo * BLOCK_K, step_hi * BLOCK_K, BLOCK_K):
                 k = k0 + offs_k
                 mask_k = k < K
-                c = k % Cg
-                kw = (k // Cg) % KW
-                kh = k // (Cg * KW)
-                ih = ih0[:, None] + (kh * dil_h)[None, :]
-                iw = iw0[:, None] + (kw * dil_w)[None, :]
-                a_mask = mask_m[:, None] & mask_k[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-                a = tl.load(x_ptr + x_rows[:, None] + ih * sxh + iw * sxw + c[None, :], mask=a_mask, other=0.0)
-                w_rows = c * swc + kh * swh + kw * sww
-                b = tl.load(w_ptr + oc[None, :] + w_rows[:, None], mask=mask_k[:, None] & mask_n[None, :], other=0.0)
+                c = k % FLAT_CG
+                kw = (k // FLAT_CG) % KW
+                kh = k // (FLAT_CG * KW)
+                dh = kh * dil_h
+                dw = kw * dil_w
+                ih = (ih0_rows[:, None] + tl.where(mask_k, dh, far)[None, :]).to(tl.uint32)
+                iw = (iw0[:, None] + dw[None, :]).to(tl.uint32)
+                a_mask = (ih < H.to(tl.uint32)) & (iw < W.to(tl.uint32))
+                a = tl.load(x_ptr + row_base[:, None] + (dh * sxh + dw * sxw + c)[None, :], mask=a_mask, other=0.0)
+                # The launcher makes the weight dense [KH, KW, Cg, OC]: row k of B starts at k * OC.
+                b = tl.load(w_ptr + oc[None, :] + k[:, None] * OC, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
                 acc = tl.dot(_tf32_operand(a, INPUT_PRECISION), _tf32_operand(b, INPUT_PRECISION), acc,
-                       input_precision=INPUT_PRECISION)
+                             input_precision=INPUT_PRECISION)
         else:
             # One loop over (tap, channel block) pairs rather than a loop per tap: with 64 channels
             # a tap is a single K step, and only one loop lets the pipeliner overlap the next taps'
@@ -426,9 +437,11 @@ def _launch(
         return y
     if x.stride() != nhwc_strides(n, c, h, w):
         x = torch.empty_strided(x.shape, nhwc_strides(n, c, h, w), dtype=x.dtype, device=x.device).copy_(x)
-    if oc > 1 and weight.stride(0) != 1:
-        # The kernel takes output channels as the weight's unit stride (coalesced B tiles); folded
-        # weights already come that way (resnet_fast.fused.to_oc_last), others are repacked here.
+    dense = (1, oc, kw * cg * oc, cg * oc)
+    if any(size > 1 and st != want for size, st, want in zip(weight.shape, weight.stride(), dense)):
+        # The kernel wants the weight dense [KH, KW, C/groups, OC], output channels innermost
+        # (coalesced B tiles; the flat-K walk also reads row k of B at k * OC); folded weights
+        # already come that way (resnet_fast.fused.to_oc_last), others are repacked here.
         weight = to_oc_last(weight)
     if bias.stride(0) != 1:
         bias = bias.contiguous()  # the kernels index bias by output channel
@@ -463,7 +476,7 @@ def _launch(
         stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
     )
     constexprs = dict(
-        KH=kh, KW=kw, FLAT_K=flat_k, GEMM_1X1=gemm_1x1,
+        KH=kh, KW=kw, FLAT_K=flat_k, FLAT_CG=cg if flat_k else 1, GEMM_1X1=gemm_1x1,
         HAS_RESIDUAL=residual is not None, RELU=relu, INPUT_PRECISION=precision,
         INDEX_64=index_64 if index_64 is not None else max(x.numel(), y.numel()) >= 2**31,
         SPLIT_K=split_k,
@@ -583,7 +596,7 @@ def aot_compile(dtype: str, kernel: int, flat_k: bool, gemm_1x1: bool, residual:
                    sxn=h * w * channels, sxh=w * channels, sxw=channels,
                    swc=out_channels, swh=kernel * cg * out_channels, sww=cg * out_channels,
                    stride_h=1, stride_w=1, pad_h=kernel // 2, pad_w=kernel // 2, dil_h=1, dil_w=1)
-    constexprs = dict(KH=kernel, KW=kernel, FLAT_K=flat_k, GEMM_1X1=gemm_1x1, HAS_RESIDUAL=residual, RELU=relu,
+    constexprs = dict(KH=kernel, KW=kernel, FLAT_K=flat_k, FLAT_CG=cg if flat_k else 1, GEMM_1X1=gemm_1x1, HAS_RESIDUAL=residual, RELU=relu,
                       INPUT_PRECISION=precision, INDEX_64=index_64, SPLIT_K=split_k, **config.kwargs)
     signature, attrs = {}, {}
     for i, name in enumerate(jit_fn.arg_names):
