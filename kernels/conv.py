@@ -80,6 +80,9 @@ def _configs() -> List[triton.Config]:
     return configs
 
 
+# EVEN_C (channels per group a multiple of this) lets channel-block walks drop their channel mask;
+# it holds for every config whose BLOCK_K divides it (the prune keeps only those for EVEN_C).
+_EVEN_C_BLOCK = 64
 # Hopper's shared memory per block (227 KB); a config whose pipeline buffers exceed it fails to load.
 _SHARED_MEMORY_BYTES = 232448
 
@@ -100,6 +103,10 @@ def _prune(configs, named_args, **kwargs):
         bm, bn, bk = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]
         if c.num_stages * (bm + bn) * bk * element_size > _SHARED_MEMORY_BYTES:
             return False  # fp32: the pipeline's A and B buffers alone exceed shared memory
+        if element_size == 4 and bm >= 128 and c.num_warps == 4 and c.num_stages > 2:
+            return False  # fp32: operands pass through registers for TF32 rounding; this one spills
+        if kwargs.get("EVEN_C") and _EVEN_C_BLOCK % bk:
+            return False  # a partial channel block would go unmasked
         if bn < 64:
             return narrow
         if (bk == 32) != flat_k:
@@ -169,7 +176,7 @@ def _conv2d_bias_act_kernel(
     swc, swh, sww,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     KH: tl.constexpr, KW: tl.constexpr,
-    FLAT_K: tl.constexpr, FLAT_CG: tl.constexpr, GEMM_1X1: tl.constexpr,
+    FLAT_K: tl.constexpr, FLAT_CG: tl.constexpr, EVEN_C: tl.constexpr, GEMM_1X1: tl.constexpr,
     HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr, INPUT_PRECISION: tl.constexpr, INDEX_64: tl.constexpr,
     SPLIT_K: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
@@ -223,9 +230,13 @@ def _conv2d_bias_act_kernel(
         a_rows = offs_m * sxw + g * Cg
         for c0 in range(step_lo * BLOCK_K, step_hi * BLOCK_K, BLOCK_K):
             c = c0 + offs_k
-            mask_c = c < Cg
-            a = tl.load(x_ptr + a_rows[:, None] + c[None, :], mask=mask_m[:, None] & mask_c[None, :], other=0.0)
-            b = tl.load(w_ptr + oc[None, :] + c[:, None] * swc, mask=mask_c[:, None] & mask_n[None, :], other=0.0)
+            if EVEN_C:
+                a = tl.load(x_ptr + a_rows[:, None] + c[None, :], mask=mask_m[:, None], other=0.0)
+                b = tl.load(w_ptr + oc[None, :] + c[:, None] * swc, mask=mask_n[None, :], other=0.0)
+            else:
+                mask_c = c < Cg
+                a = tl.load(x_ptr + a_rows[:, None] + c[None, :], mask=mask_m[:, None] & mask_c[None, :], other=0.0)
+                b = tl.load(w_ptr + oc[None, :] + c[:, None] * swc, mask=mask_c[:, None] & mask_n[None, :], other=0.0)
             acc = tl.dot(_tf32_operand(a, INPUT_PRECISION), _tf32_operand(b, INPUT_PRECISION), acc,
                        input_precision=INPUT_PRECISION)
     else:
@@ -267,21 +278,35 @@ def _conv2d_bias_act_kernel(
             # a tap is a single K step, and only one loop lets the pipeliner overlap the next taps'
             # loads with this tap's MMA. The tap and channel offsets are scalar per iteration.
             c_blocks = tl.cdiv(Cg, BLOCK_K)
+            # As in the flat walk: row term + per-iteration scalar, one unsigned compare per side.
+            far = -(1 << 24)
+            row_base = x_rows + ih0 * sxh + iw0 * sxw
+            ih0_rows = tl.where(mask_m, ih0, far)
+            # (tap, channel block) carried from step to step: no runtime division per K step.
+            tap = step_lo // c_blocks
+            cb = step_lo - tap * c_blocks
             for it in range(step_lo, step_hi):
-                tap = it // c_blocks
-                c = (it - tap * c_blocks) * BLOCK_K + offs_k
+                c = cb * BLOCK_K + offs_k
                 kh = tap // KW
                 kw = tap - kh * KW
-                ih = ih0 + kh * dil_h
-                iw = iw0 + kw * dil_w
-                valid = mask_m & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-                mask_c = c < Cg
-                a = tl.load(x_ptr + (x_rows + ih * sxh + iw * sxw)[:, None] + c[None, :],
-                            mask=valid[:, None] & mask_c[None, :], other=0.0)
-                b = tl.load(w_ptr + oc[None, :] + (kh * swh + kw * sww) + c[:, None] * swc,
-                            mask=mask_c[:, None] & mask_n[None, :], other=0.0)
+                dh = kh * dil_h
+                dw = kw * dil_w
+                valid = ((ih0_rows + dh).to(tl.uint32) < H.to(tl.uint32)) & ((iw0 + dw).to(tl.uint32) < W.to(tl.uint32))
+                a_ptrs = x_ptr + row_base[:, None] + (dh * sxh + dw * sxw + c)[None, :]
+                b_ptrs = w_ptr + oc[None, :] + (kh * swh + kw * sww) + c[:, None] * swc
+                if EVEN_C:  # whole channel blocks: no channel mask
+                    a = tl.load(a_ptrs, mask=valid[:, None], other=0.0)
+                    b = tl.load(b_ptrs, mask=mask_n[None, :], other=0.0)
+                else:
+                    mask_c = c < Cg
+                    a = tl.load(a_ptrs, mask=valid[:, None] & mask_c[None, :], other=0.0)
+                    b = tl.load(b_ptrs, mask=mask_c[:, None] & mask_n[None, :], other=0.0)
                 acc = tl.dot(_tf32_operand(a, INPUT_PRECISION), _tf32_operand(b, INPUT_PRECISION), acc,
-                       input_precision=INPUT_PRECISION)
+                             input_precision=INPUT_PRECISION)
+                cb += 1
+                next_tap = (cb == c_blocks).to(tl.int32)
+                tap += next_tap
+                cb -= next_tap * c_blocks
 
     # Epilogue: the output (and residual) are channels_last, i.e. a row-major [M, OC] matrix.
     y_offs = offs_m[:, None] * OC + oc[None, :]
@@ -476,7 +501,8 @@ def _launch(
         stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
     )
     constexprs = dict(
-        KH=kh, KW=kw, FLAT_K=flat_k, FLAT_CG=cg if flat_k else 1, GEMM_1X1=gemm_1x1,
+        KH=kh, KW=kw, FLAT_K=flat_k, FLAT_CG=cg if flat_k else 1, EVEN_C=not flat_k and cg % _EVEN_C_BLOCK == 0,
+        GEMM_1X1=gemm_1x1,
         HAS_RESIDUAL=residual is not None, RELU=relu, INPUT_PRECISION=precision,
         INDEX_64=index_64 if index_64 is not None else max(x.numel(), y.numel()) >= 2**31,
         SPLIT_K=split_k,
@@ -596,7 +622,8 @@ def aot_compile(dtype: str, kernel: int, flat_k: bool, gemm_1x1: bool, residual:
                    sxn=h * w * channels, sxh=w * channels, sxw=channels,
                    swc=out_channels, swh=kernel * cg * out_channels, sww=cg * out_channels,
                    stride_h=1, stride_w=1, pad_h=kernel // 2, pad_w=kernel // 2, dil_h=1, dil_w=1)
-    constexprs = dict(KH=kernel, KW=kernel, FLAT_K=flat_k, FLAT_CG=cg if flat_k else 1, GEMM_1X1=gemm_1x1, HAS_RESIDUAL=residual, RELU=relu,
+    constexprs = dict(KH=kernel, KW=kernel, FLAT_K=flat_k, FLAT_CG=cg if flat_k else 1,
+                      EVEN_C=not flat_k and cg % _EVEN_C_BLOCK == 0, GEMM_1X1=gemm_1x1, HAS_RESIDUAL=residual, RELU=relu,
                       INPUT_PRECISION=precision, INDEX_64=index_64, SPLIT_K=split_k, **config.kwargs)
     signature, attrs = {}, {}
     for i, name in enumerate(jit_fn.arg_names):

@@ -24,6 +24,9 @@ SHAPE_CLASSES = [
     ("3x3_grouped_g8", 64, 64, 3, 1, 1, 1, 8),  # 8 channels per group: the flat-K walk
     ("3x3_grouped_s2_g4", 128, 128, 3, 2, 1, 1, 4),  # 32 per group: the per-tap walk
     ("7x7_s2_stem", 3, 64, 7, 2, 3, 1, 1),
+    # Channels a multiple of 64: whole channel blocks, the walks without a channel mask (EVEN_C)
+    ("1x1_s1_c64", 64, 40, 1, 1, 0, 1, 1),
+    ("3x3_s2_c128", 128, 24, 3, 2, 1, 1, 1),
 ]
 
 
