@@ -214,7 +214,10 @@ def _conv2d_bias_act_kernel(
     if GEMM_1X1:
         k_steps = tl.cdiv(Cg, BLOCK_K)
     elif FLAT_K:
-        k_steps = tl.cdiv(KH * KW * Cg, BLOCK_K)
+        if KW * FLAT_CG <= BLOCK_K and 2 * KW * FLAT_CG > BLOCK_K:
+            k_steps = KH  # the row walk below: one K step per kernel row
+        else:
+            k_steps = tl.cdiv(KH * KW * Cg, BLOCK_K)
     else:
         k_steps = KH * KW * tl.cdiv(Cg, BLOCK_K)
     if SPLIT_K == 1:
@@ -246,7 +249,31 @@ def _conv2d_bias_act_kernel(
         ih0 = oh * stride_h - pad_h
         iw0 = ow * stride_w - pad_w
         x_rows = n * sxn + g * Cg
-        if FLAT_K:
+        if FLAT_K and KW * FLAT_CG <= BLOCK_K and 2 * KW * FLAT_CG > BLOCK_K:
+            # Row walk (the stem: 7 taps x 3 channels = 21 of a 32-wide K step): one K step per
+            # kernel row kh, K indexing (kw, c) within it. What depends on that index (the split
+            # into kw and c, the column offsets, the left/right halo mask) is the same for every
+            # step and is computed once; a step adds a scalar row offset and checks one compare
+            # per output row. The (kh, kw, c) walk below decomposes every k of every step, and
+            # Triton 3.6 lays the A tile out with 16 k per thread: 654 instructions per K step.
+            J = KW * FLAT_CG
+            far = -(1 << 24)
+            kw_j = offs_k // FLAT_CG
+            c_j = offs_k - kw_j * FLAT_CG
+            mask_j = offs_k < J
+            dw_j = tl.where(mask_j, kw_j * dil_w, far)
+            iw_ok = (iw0[:, None] + dw_j[None, :]).to(tl.uint32) < W.to(tl.uint32)
+            a_offs = (x_rows + ih0 * sxh + iw0 * sxw)[:, None] + (kw_j * dil_w * sxw + c_j)[None, :]
+            ih0_rows = tl.where(mask_m, ih0, far)
+            for kh in range(step_lo, step_hi):
+                dh = kh * dil_h
+                ih_ok = (ih0_rows + dh).to(tl.uint32) < H.to(tl.uint32)
+                a = tl.load(x_ptr + a_offs + dh * sxh, mask=ih_ok[:, None] & iw_ok, other=0.0)
+                b = tl.load(w_ptr + oc[None, :] + (kh * J + offs_k)[:, None] * OC,
+                            mask=mask_j[:, None] & mask_n[None, :], other=0.0)
+                acc = tl.dot(_tf32_operand(a, INPUT_PRECISION), _tf32_operand(b, INPUT_PRECISION), acc,
+                             input_precision=INPUT_PRECISION)
+        elif FLAT_K:
             # K = (kh, kw, c) flattened, with the channel count a constexpr (FLAT_CG: 3 for the stem,
             # 4-16 for ResNeXt groups) so that splitting k is multiply-shift, not the ~20-instruction
             # runtime division that made this loop issue-bound (612 instructions per K step for the

@@ -32,6 +32,15 @@ print("COMPILED", len(extra) + 1)
 """
 
 
+# Longest K-loop body (instructions per thread per K step) each spec may compile to on sm_90: what
+# Triton 3.6 and 3.8 give after the session-3 walks (benchmarks/NOTES.md), plus ~15%.
+LOOP_CEILING = {
+    "conv3_1x1_residual": 155, "conv1_1x1": 155, "conv1_1x1_wide": 160, "3x3": 215, "3x3_c256": 220,
+    "1x1_s2_projection": 215, "stem_7x7": 200, "3x3_grouped_g32": 320, "3x3_c512_batch1_split8": 195,
+    "3x3_fp32_tf32": 700, "conv3_1x1_residual_fp32_tf32": 600,
+}
+
+
 def _env():
     return {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
 
@@ -55,7 +64,12 @@ def test_kernel_sass_for_sm90_every_kept_config(tmp_path):
         assert rows, name
         for row in rows:
             where = f"{name} {row['BLOCK']} w{row['warps']} s{row['stages']}: {row}"
-            assert row["LDL"] == 0 and row["STL"] == 0 and row["stack"] == "0", "spills: " + where
+            # No spill traffic. (ptxas can reserve an 8-byte frame for a PTX local depot that no
+            # instruction touches: seen on Triton 3.8 for the split-K specialisation, harmless.)
+            assert row["LDL"] == 0 and row["STL"] == 0 and int(row["stack"]) <= 8, "spills: " + where
+            # Issue slots per K step (the loop body, per thread): regressions such as a runtime
+            # integer division per k (the stem's loop was 612-654 instructions) fail here.
+            assert row["loop_instrs"] <= LOOP_CEILING[name], f"K loop of {row['loop_instrs']} instructions: {where}"
             if row["BLOCK"].startswith("16x"):
                 assert row["HMMA"] > 0, where  # warpgroup MMA needs 64 rows
             else:

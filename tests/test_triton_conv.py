@@ -21,9 +21,11 @@ SHAPE_CLASSES = [
     ("3x3_s1", 24, 40, 3, 1, 1, 1, 1),
     ("3x3_s2", 24, 40, 3, 2, 1, 1, 1),
     ("3x3_dilated", 24, 32, 3, 1, 2, 2, 1),
-    ("3x3_grouped_g8", 64, 64, 3, 1, 1, 1, 8),  # 8 channels per group: the flat-K walk
+    ("3x3_grouped_g8", 64, 64, 3, 1, 1, 1, 8),  # 8 channels per group: the row walk (3 taps x 8 = 24 of 32)
+    ("3x3_grouped_g16_dilated", 64, 48, 3, 1, 2, 2, 16),  # 4 per group: the (kh, kw, c) flat walk
     ("3x3_grouped_s2_g4", 128, 128, 3, 2, 1, 1, 4),  # 32 per group: the per-tap walk
-    ("7x7_s2_stem", 3, 64, 7, 2, 3, 1, 1),
+    ("7x7_s2_stem", 3, 64, 7, 2, 3, 1, 1),  # the row walk: 7 taps x 3 channels = 21 of 32
+    ("7x7_s2_stem_dilated", 3, 16, 7, 2, 6, 2, 1),
     # Channels a multiple of 64: whole channel blocks, the walks without a channel mask (EVEN_C)
     ("1x1_s1_c64", 64, 40, 1, 1, 0, 1, 1),
     ("3x3_s2_c128", 128, 24, 3, 2, 1, 1, 1),
