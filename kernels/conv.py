@@ -18,6 +18,7 @@ fp32 inputs use TF32 only where PyTorch lets cuDNN convolutions use it (``cudnn_
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 import threading
@@ -430,6 +431,19 @@ def tuning_state():
     return chosen, timings
 
 
+def _on_the_tensors_device(launcher):
+    """Triton launches on the current CUDA device (and autotuning times there): switch to x's."""
+    @functools.wraps(launcher)
+    def on_device(x, *args, **kwargs):
+        if x.is_cuda and x.device.index != torch.cuda.current_device():
+            with torch.cuda.device(x.device):
+                return launcher(x, *args, **kwargs)
+        return launcher(x, *args, **kwargs)
+
+    return on_device
+
+
+@_on_the_tensors_device
 def conv2d_bias_act(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -451,27 +465,6 @@ def conv2d_bias_act(
     activation has 2^31 elements or more. ``split_k`` forces a K split (tests); by default
     ``choose_split_k`` decides.
     """
-    if x.is_cuda and x.device.index != torch.cuda.current_device():
-        # Triton launches on the current device (and autotuning times there): switch to x's.
-        with torch.cuda.device(x.device):
-            return _launch(x, weight, bias, residual, stride, padding, dilation, groups, relu, out, index_64, split_k)
-    return _launch(x, weight, bias, residual, stride, padding, dilation, groups, relu, out, index_64, split_k)
-
-
-def _launch(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor,
-    residual: Optional[torch.Tensor],
-    stride: List[int],
-    padding: List[int],
-    dilation: List[int],
-    groups: int,
-    relu: bool,
-    out: Optional[torch.Tensor] = None,
-    index_64: Optional[bool] = None,
-    split_k: Optional[int] = None,
-) -> torch.Tensor:
     global launch_count
     if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise TypeError(f"resnet_fast Triton conv: expected float32, float16 or bfloat16, got {x.dtype}")
