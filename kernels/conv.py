@@ -212,13 +212,15 @@ def _conv2d_bias_act_kernel(
     # GPU): program_id(2) takes one contiguous share of the K steps and writes an fp32 partial sum to
     # the workspace (y_ptr then points at it); _splitk_reduce_kernel adds the shares in a fixed
     # order and applies the epilogue. SPLIT_K == 1 compiles to the plain single pass.
+    # Few channels per group, where a kernel row's (kw, c) pairs fill half a K step or more (the
+    # stem: 7 x 3 = 21 of 32): the row walk below.
+    ROW_WALK: tl.constexpr = FLAT_K and KW * FLAT_CG <= BLOCK_K and 2 * KW * FLAT_CG > BLOCK_K
     if GEMM_1X1:
         k_steps = tl.cdiv(Cg, BLOCK_K)
+    elif ROW_WALK:
+        k_steps = KH  # one K step per kernel row
     elif FLAT_K:
-        if KW * FLAT_CG <= BLOCK_K and 2 * KW * FLAT_CG > BLOCK_K:
-            k_steps = KH  # the row walk below: one K step per kernel row
-        else:
-            k_steps = tl.cdiv(KH * KW * Cg, BLOCK_K)
+        k_steps = tl.cdiv(KH * KW * Cg, BLOCK_K)
     else:
         k_steps = KH * KW * tl.cdiv(Cg, BLOCK_K)
     if SPLIT_K == 1:
@@ -250,7 +252,13 @@ def _conv2d_bias_act_kernel(
         ih0 = oh * stride_h - pad_h
         iw0 = ow * stride_w - pad_w
         x_rows = n * sxn + g * Cg
-        if FLAT_K and KW * FLAT_CG <= BLOCK_K and 2 * KW * FLAT_CG > BLOCK_K:
+        # Every walk below addresses A as a per-row term plus a per-step (or per-column) term, and
+        # checks each halo side with one unsigned compare: rows past M (and columns past K) get a
+        # coordinate far below zero, which fails it.
+        far = -(1 << 24)
+        row_base = x_rows + ih0 * sxh + iw0 * sxw
+        ih0_rows = tl.where(mask_m, ih0, far)
+        if ROW_WALK:
             # Row walk (the stem: 7 taps x 3 channels = 21 of a 32-wide K step): one K step per
             # kernel row kh, K indexing (kw, c) within it. What depends on that index (the split
             # into kw and c, the column offsets, the left/right halo mask) is the same for every
@@ -258,14 +266,12 @@ def _conv2d_bias_act_kernel(
             # per output row. The (kh, kw, c) walk below decomposes every k of every step, and
             # Triton 3.6 lays the A tile out with 16 k per thread: 654 instructions per K step.
             J = KW * FLAT_CG
-            far = -(1 << 24)
             kw_j = offs_k // FLAT_CG
             c_j = offs_k - kw_j * FLAT_CG
             mask_j = offs_k < J
             dw_j = tl.where(mask_j, kw_j * dil_w, far)
             iw_ok = (iw0[:, None] + dw_j[None, :]).to(tl.uint32) < W.to(tl.uint32)
-            a_offs = (x_rows + ih0 * sxh + iw0 * sxw)[:, None] + (kw_j * dil_w * sxw + c_j)[None, :]
-            ih0_rows = tl.where(mask_m, ih0, far)
+            a_offs = row_base[:, None] + (kw_j * dil_w * sxw + c_j)[None, :]
             for kh in range(step_lo, step_hi):
                 dh = kh * dil_h
                 ih_ok = (ih0_rows + dh).to(tl.uint32) < H.to(tl.uint32)
@@ -278,13 +284,8 @@ def _conv2d_bias_act_kernel(
             # K = (kh, kw, c) flattened, with the channel count a constexpr (FLAT_CG: 3 for the stem,
             # 4-16 for ResNeXt groups) so that splitting k is multiply-shift, not the ~20-instruction
             # runtime division that made this loop issue-bound (612 instructions per K step for the
-            # stem's 128x64 tile, against 4 HGMMAs). The A address is a sum of a per-row and a
-            # per-column term, and each halo check is one unsigned compare: rows past M and columns
-            # past K get a coordinate far below zero, which fails it as well.
+            # stem's 128x64 tile, against 4 HGMMAs).
             K = KH * KW * FLAT_CG
-            far = -(1 << 24)
-            row_base = x_rows + ih0 * sxh + iw0 * sxw
-            ih0_rows = tl.where(mask_m, ih0, far)
             for k0 in range(step_lo * BLOCK_K, step_hi * BLOCK_K, BLOCK_K):
                 k = k0 + offs_k
                 mask_k = k < K
@@ -306,10 +307,6 @@ def _conv2d_bias_act_kernel(
             # a tap is a single K step, and only one loop lets the pipeliner overlap the next taps'
             # loads with this tap's MMA. The tap and channel offsets are scalar per iteration.
             c_blocks = tl.cdiv(Cg, BLOCK_K)
-            # As in the flat walk: row term + per-iteration scalar, one unsigned compare per side.
-            far = -(1 << 24)
-            row_base = x_rows + ih0 * sxh + iw0 * sxw
-            ih0_rows = tl.where(mask_m, ih0, far)
             # (tap, channel block) carried from step to step: no runtime division per K step.
             tap = step_lo // c_blocks
             cb = step_lo - tap * c_blocks
