@@ -177,7 +177,7 @@ def _conv2d_bias_act_kernel(
     swc, swh, sww,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     KH: tl.constexpr, KW: tl.constexpr,
-    FLAT_K: tl.constexpr, FLAT_CG: tl.constexpr, EVEN_C: tl.constexpr, GEMM_1X1: tl.constexpr,
+    FLAT_K: tl.constexpr, FLAT_CG: tl.constexpr, PAD_C: tl.constexpr, EVEN_C: tl.constexpr, GEMM_1X1: tl.constexpr,
     HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr, INPUT_PRECISION: tl.constexpr, INDEX_64: tl.constexpr,
     SPLIT_K: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
@@ -213,8 +213,9 @@ def _conv2d_bias_act_kernel(
     # the workspace (y_ptr then points at it); _splitk_reduce_kernel adds the shares in a fixed
     # order and applies the epilogue. SPLIT_K == 1 compiles to the plain single pass.
     # Few channels per group, where a kernel row's (kw, c) pairs fill half a K step or more (the
-    # stem: 7 x 3 = 21 of 32): the row walk below.
-    ROW_WALK: tl.constexpr = FLAT_K and KW * FLAT_CG <= BLOCK_K and 2 * KW * FLAT_CG > BLOCK_K
+    # stem: 7 x 4 = 28 of 32, its 3 channels padded to 4): the row walk below.
+    ROW_WALK: tl.constexpr = FLAT_K and KW * FLAT_CG <= BLOCK_K and (PAD_C or 2 * KW * FLAT_CG > BLOCK_K)
+    tl.static_assert(ROW_WALK or not PAD_C, "channel-padded input needs the row walk")
     if GEMM_1X1:
         k_steps = tl.cdiv(Cg, BLOCK_K)
     elif ROW_WALK:
@@ -269,15 +270,29 @@ def _conv2d_bias_act_kernel(
             kw_j = offs_k // FLAT_CG
             c_j = offs_k - kw_j * FLAT_CG
             mask_j = offs_k < J
-            dw_j = tl.where(mask_j, kw_j * dil_w, far)
+            if PAD_C:
+                # x holds FLAT_CG (4) channels per pixel, the last ones zero, and dil_w is 1 (the
+                # launcher's _pad_channels): a kernel row's (kw, c) run is one contiguous, 8-byte
+                # aligned stretch of memory, which the compiler loads 4 elements at a time with
+                # asynchronous copies (2-byte elements, one load each, cannot be pipelined). The
+                # weight has the real Cg channels: its rows for the padding channels are masked.
+                dw_j = tl.where(mask_j, kw_j, far)
+                a_offs = tl.multiple_of(row_base, FLAT_CG)[:, None] + offs_k[None, :]
+                b_rows = kw_j * Cg + c_j
+                b_mask = (mask_j & (c_j < Cg))[:, None] & mask_n[None, :]
+                b_row_step = KW * Cg
+            else:
+                dw_j = tl.where(mask_j, kw_j * dil_w, far)
+                a_offs = row_base[:, None] + (kw_j * dil_w * sxw + c_j)[None, :]
+                b_rows = offs_k
+                b_mask = mask_j[:, None] & mask_n[None, :]
+                b_row_step = J
             iw_ok = (iw0[:, None] + dw_j[None, :]).to(tl.uint32) < W.to(tl.uint32)
-            a_offs = row_base[:, None] + (kw_j * dil_w * sxw + c_j)[None, :]
             for kh in range(step_lo, step_hi):
                 dh = kh * dil_h
                 ih_ok = (ih0_rows + dh).to(tl.uint32) < H.to(tl.uint32)
                 a = tl.load(x_ptr + a_offs + dh * sxh, mask=ih_ok[:, None] & iw_ok, other=0.0)
-                b = tl.load(w_ptr + oc[None, :] + (kh * J + offs_k)[:, None] * OC,
-                            mask=mask_j[:, None] & mask_n[None, :], other=0.0)
+                b = tl.load(w_ptr + oc[None, :] + (kh * b_row_step + b_rows)[:, None] * OC, mask=b_mask, other=0.0)
                 acc = tl.dot(_tf32_operand(a, INPUT_PRECISION), _tf32_operand(b, INPUT_PRECISION), acc,
                              input_precision=INPUT_PRECISION)
         elif FLAT_K:
@@ -370,6 +385,43 @@ def _splitk_reduce_kernel(ws_ptr, b_ptr, r_ptr, y_ptr, total, OC,
     tl.store(y_ptr + offs, acc.to(y_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _pad_channels_kernel(x_ptr, y_ptr, P, C, H, W, sxn, sxc, sxh, sxw, CP: tl.constexpr, BLOCK: tl.constexpr):
+    """y[p, c] = x[n, c, h, w] for c < C and 0 up to CP: x of any strides to a dense channels_last
+    tensor of CP channels, pixels p = (n, h, w) in order."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    c = tl.arange(0, CP)
+    w = offs % W
+    h = (offs // W) % H
+    n = offs // (W * H)
+    mask_p = offs < P
+    v = tl.load(x_ptr + (n * sxn + h * sxh + w * sxw)[:, None] + c[None, :] * sxc,
+                mask=mask_p[:, None] & (c < C)[None, :], other=0.0)
+    tl.store(y_ptr + offs[:, None] * CP + c[None, :], v, mask=mask_p[:, None])
+
+
+# Channels the stem's input is padded to (see pads_channels).
+_PADDED_CHANNELS = 4
+
+
+def pads_channels(cg: int, groups: int, kw: int, dilation_w: int) -> bool:
+    """Whether the launcher pads x's channels to 4 (zeros) for this conv: the 3-channel stem (kernel
+    width 5 to 8, undilated), where the row walk then reads each kernel row's (kw, c) run as 4-element
+    vectors with asynchronous copies instead of one 2-byte load per element, and 4 x KW fills more
+    than half of a 32-wide K step."""
+    return cg == 3 and groups == 1 and dilation_w == 1 and 16 < _PADDED_CHANNELS * kw <= 32
+
+
+def _pad_channels(x: torch.Tensor) -> torch.Tensor:
+    """x [N, C, H, W] (any strides) as a dense channels_last [N, 4, H, W] tensor, channels C..3 zero."""
+    n, c, h, w = x.shape
+    cp = _PADDED_CHANNELS
+    y = torch.empty_strided((n, cp, h, w), nhwc_strides(n, cp, h, w), dtype=x.dtype, device=x.device)
+    pixels = n * h * w
+    block = 256
+    _pad_channels_kernel[(triton.cdiv(pixels, block),)](
+        x, y, pixels, c, h, w, x.stride(0), x.stride(1), x.stride(2), x.stride(3), CP=cp, BLOCK=block, num_warps=4)
+    return y
 
 
 _compile_pool = None
@@ -477,7 +529,13 @@ def conv2d_bias_act(
         y = out
     if y.numel() == 0:
         return y
-    if x.stride() != nhwc_strides(n, c, h, w):
+    ocg = oc // groups
+    gemm_1x1 = kh == 1 and kw == 1 and list(stride) == [1, 1] and list(padding) == [0, 0]
+    flat_k = not gemm_1x1 and cg < 32
+    pad_c = flat_k and pads_channels(cg, groups, kw, dilation[1])
+    if pad_c:
+        x = _pad_channels(x)  # also makes it dense channels_last
+    elif x.stride() != nhwc_strides(n, c, h, w):
         x = torch.empty_strided(x.shape, nhwc_strides(n, c, h, w), dtype=x.dtype, device=x.device).copy_(x)
     dense = (1, oc, kw * cg * oc, cg * oc)
     if any(size > 1 and st != want for size, st, want in zip(weight.shape, weight.stride(), dense)):
@@ -489,9 +547,6 @@ def conv2d_bias_act(
         bias = bias.contiguous()  # the kernels index bias by output channel
     if residual is not None and (residual.stride() != y.stride() or residual.dtype != y.dtype):
         residual = torch.empty_like(y).copy_(residual)
-    ocg = oc // groups
-    gemm_1x1 = kh == 1 and kw == 1 and list(stride) == [1, 1] and list(padding) == [0, 0]
-    flat_k = not gemm_1x1 and cg < 32
     # fp16/bf16 operands ignore the setting (tf32 is Triton's default); fp32 gets TF32 tensor cores
     # only where cuDNN's flag allows them, else exact fp32 FMA.
     if x.dtype != torch.float32 or (x.device.type == "cuda" and cudnn_conv_allows_tf32()):
@@ -518,7 +573,8 @@ def conv2d_bias_act(
         stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
     )
     constexprs = dict(
-        KH=kh, KW=kw, FLAT_K=flat_k, FLAT_CG=cg if flat_k else 1, EVEN_C=not flat_k and cg % _EVEN_C_BLOCK == 0,
+        KH=kh, KW=kw, FLAT_K=flat_k, FLAT_CG=(_PADDED_CHANNELS if pad_c else cg) if flat_k else 1, PAD_C=pad_c,
+        EVEN_C=not flat_k and cg % _EVEN_C_BLOCK == 0,
         GEMM_1X1=gemm_1x1,
         HAS_RESIDUAL=residual is not None, RELU=relu, INPUT_PRECISION=precision,
         INDEX_64=index_64 if index_64 is not None else max(x.numel(), y.numel()) >= 2**31,
@@ -635,11 +691,13 @@ def aot_compile(dtype: str, kernel: int, flat_k: bool, gemm_1x1: bool, residual:
     jit_fn = _conv2d_bias_act_kernel.fn
     cg, ocg = channels // groups, out_channels // groups
     n, h, w = 256, 56, 56
+    pad_c = flat_k and pads_channels(cg, groups, kernel, 1)
+    cx = _PADDED_CHANNELS if pad_c else channels  # channels of x in memory
     example = dict(N=n, H=h, W=w, OH=h, OW=w, OC=out_channels, Cg=cg, OCg=ocg, M_BUCKET=n * h * w,
-                   sxn=h * w * channels, sxh=w * channels, sxw=channels,
+                   sxn=h * w * cx, sxh=w * cx, sxw=cx,
                    swc=out_channels, swh=kernel * cg * out_channels, sww=cg * out_channels,
                    stride_h=1, stride_w=1, pad_h=kernel // 2, pad_w=kernel // 2, dil_h=1, dil_w=1)
-    constexprs = dict(KH=kernel, KW=kernel, FLAT_K=flat_k, FLAT_CG=cg if flat_k else 1,
+    constexprs = dict(KH=kernel, KW=kernel, FLAT_K=flat_k, FLAT_CG=(cx if pad_c else cg) if flat_k else 1, PAD_C=pad_c,
                       EVEN_C=not flat_k and cg % _EVEN_C_BLOCK == 0, GEMM_1X1=gemm_1x1, HAS_RESIDUAL=residual, RELU=relu,
                       INPUT_PRECISION=precision, INDEX_64=index_64, SPLIT_K=split_k, **config.kwargs)
     signature, attrs = {}, {}

@@ -39,6 +39,11 @@ LOOP_CEILING = {
     "1x1_s2_projection": 215, "stem_7x7": 200, "3x3_grouped_g32": 320, "3x3_c512_batch1_split8": 195,
     "3x3_fp32_tf32": 700, "conv3_1x1_residual_fp32_tf32": 600,
 }
+# Specs whose K loop has a constant trip count and compiles to straight-line code (the stem: one K
+# step per kernel row, 7 rows): a ceiling on the whole kernel instead. Session 4: 1072 / 1216
+# (Triton 3.6 / 3.8) after padding the stem's input to 4 channels; the 140 / 173-instruction loop
+# before it ran 7 times, ~1600 instructions per tile.
+UNROLLED_CEILING = {"stem_7x7": 1400}
 
 
 def _env():
@@ -69,7 +74,10 @@ def test_kernel_sass_for_sm90_every_kept_config(tmp_path):
             assert row["LDL"] == 0 and row["STL"] == 0 and int(row["stack"]) <= 8, "spills: " + where
             # Issue slots per K step (the loop body, per thread): regressions such as a runtime
             # integer division per k (the stem's loop was 612-654 instructions) fail here.
-            assert row["loop_instrs"] <= LOOP_CEILING[name], f"K loop of {row['loop_instrs']} instructions: {where}"
+            if row["loop_instrs"] == 0:
+                assert name in UNROLLED_CEILING and row["instrs"] <= UNROLLED_CEILING[name], f"no K loop: {where}"
+            else:
+                assert row["loop_instrs"] <= LOOP_CEILING[name], f"K loop of {row['loop_instrs']} instructions: {where}"
             if row["BLOCK"].startswith("16x"):
                 assert row["HMMA"] > 0, where  # warpgroup MMA needs 64 rows
             else:
@@ -77,6 +85,10 @@ def test_kernel_sass_for_sm90_every_kept_config(tmp_path):
             if not flat_k:
                 # Channel-block walks read 16-byte runs: they must be pipelined with cp.async.
                 assert row["LDGSTS"] > 0, "not pipelined: " + where
+            if name == "stem_7x7":
+                # Input padded to 4 channels: A comes in 8-byte asynchronous copies, not 2-byte LDGs
+                # (the 4 LDGSTS before padding were the weight's).
+                assert row["LDGSTS"] >= 32, "stem input not pipelined: " + where
         if gemm_1x1:
             assert any(int(r["BLOCK"].split("x")[0]) >= 128 for r in rows), name
 

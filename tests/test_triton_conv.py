@@ -153,6 +153,42 @@ def test_op_forced_triton_on_cpu_nchw_input_and_int64_offsets_path():
     assert rel_err(y, ref) < 1e-5
 
 
+def test_which_convs_pad_their_input_channels():
+    from resnet_fast.kernels.conv import pads_channels
+
+    # (cg, groups, kernel width, dilation): only the undilated 3-channel stem, 5 to 8 taps wide
+    assert pads_channels(3, 1, 7, 1) and pads_channels(3, 1, 5, 1)
+    assert not pads_channels(3, 1, 7, 2)   # dilated: the row is not one contiguous run
+    assert not pads_channels(3, 1, 3, 1)   # 3 taps: 12 of 32 K, the flat walk does it in one step
+    assert not pads_channels(3, 1, 9, 1)   # 36 > 32: the row does not fit one K step
+    assert not pads_channels(4, 1, 7, 1) and not pads_channels(1, 1, 7, 1)
+    assert not pads_channels(3, 2, 7, 1)
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("nchw", [True, False])
+def test_stem_input_padded_to_four_channels(monkeypatch, nchw):
+    # The stem reads a zero-padded 4-channel copy of x (8-byte vector loads on the GPU), the weight
+    # keeps its 3 channels (the padding rows of B are masked). An infinite input pixel must reach
+    # exactly the outputs whose 7x7 window covers it: the padding channel multiplies nothing.
+    from resnet_fast.kernels import conv as triton_conv
+
+    padded = []
+    real = triton_conv._pad_channels
+    monkeypatch.setattr(triton_conv, "_pad_channels", lambda x: padded.append(tuple(x.shape)) or real(x))
+    shape = ("stem", 3, 24, 7, 2, 3, 1, 1)
+    x, weight, bias, _, conv_args, _ = _case(shape, torch.float32, False, True, n=2, h=19, w=17, seed=23)
+    x = x.contiguous() if nchw else x
+    x[1, 2, 9, 6] = float("inf")
+    ref = F.conv2d(x.double(), weight.double(), bias.double(), 2, 3).relu()
+    y = _run_kernel(x, weight, bias, None, conv_args, True)
+    assert padded == [(2, 3, 19, 17)]
+    assert torch.equal(torch.isfinite(y), torch.isfinite(ref)) and not torch.isfinite(ref[1]).all()
+    assert torch.isfinite(ref[0]).all()
+    finite = torch.isfinite(ref)
+    assert rel_err(y[finite], ref[finite]) < 1e-5
+
+
 def _count_launches(fn):
     from resnet_fast.kernels import conv as triton_conv
 
