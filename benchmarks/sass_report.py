@@ -38,6 +38,8 @@ SPECS = {
     "1x1_s2_projection": ("bf16", 1, False, False, False, False, "tf32", 256, 512, 1),
     "stem_7x7": ("bf16", 7, True, False, False, True, "tf32", 3, 64, 1),
     "3x3_grouped_g32": ("bf16", 3, True, False, False, True, "tf32", 128, 128, 32),
+    # resnext101_32x8d: 8 channels per group, a kernel row's 3 x 8 in one K step (the row walk)
+    "3x3_grouped_8ch": ("bf16", 3, True, False, False, True, "tf32", 256, 256, 32),
     # batch 1 in layer4: M = 49, K split 8 ways (the 11th field), fp32 partials to a workspace
     "3x3_c512_batch1_split8": ("bf16", 3, False, False, True, True, "tf32", 512, 512, 1, 8),
     # fp32 with TF32 tensor cores: operands rounded to TF32 in registers (cvt.rna), 4-byte tiles

@@ -258,6 +258,12 @@ def _conv2d_bias_act_kernel(
         # coordinate far below zero, which fails it.
         far = -(1 << 24)
         row_base = x_rows + ih0 * sxh + iw0 * sxw
+        if FLAT_K and FLAT_CG % 4 == 0:
+            # x is dense channels_last (the launcher's promise), so its strides and every group's
+            # first channel are multiples of the channels per group: a group's channels at one pixel
+            # are an aligned run the compiler may load as one vector (4 or 8 elements) instead of
+            # element by element, which also lets it pipeline them with asynchronous copies.
+            row_base = tl.multiple_of(row_base, 8 if FLAT_CG % 8 == 0 else 4)
         ih0_rows = tl.where(mask_m, ih0, far)
         if ROW_WALK:
             # Row walk (the stem: 7 taps x 3 channels = 21 of a 32-wide K step): one K step per
