@@ -42,7 +42,17 @@ def _configs() -> List[triton.Config]:
         return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4}, num_warps=4, num_stages=1)]
     if os.environ.get("RESNET_FAST_AUTOTUNE", "1") == "0":
         # One config, no tuning: correctness runs (the GPU tests) without compiling every config.
-        return [triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=4, num_stages=3)]
+        return [untuned_config()]
+    return hopper_configs()
+
+
+def untuned_config() -> triton.Config:
+    """The one config of RESNET_FAST_AUTOTUNE=0, for every conv shape (walks included)."""
+    return triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=4, num_stages=3)
+
+
+def hopper_configs() -> List[triton.Config]:
+    """What the autotuner chooses from on a GPU (``_prune`` narrows it per problem)."""
     configs = []
     # Hopper: 132 SMs, 228 KB shared memory per SM. Large tiles for the big-M early layers, narrower
     # ones for the small-M late layers and small batches, deep pipelines to hide the gather latency.

@@ -452,6 +452,57 @@ def test_autotuning_an_in_place_epilogue_adds_the_residual_once(monkeypatch, spl
             res2 = _case(SHAPE_CLASSES[2], torch.float32, True, True, seed=23, n=1)[3]
 
 
+def _gpu_configs_for(shape):
+    """The GPU configs the prune keeps for this shape class, plus the untuned one (all shapes)."""
+    from resnet_fast.kernels import conv as K
+
+    name, c, oc, k, s, p, d, g = shape
+    cg = c // g
+    flat_k = not (k == 1 and s == 1 and p == 0) and cg < 32
+    kept = [K.untuned_config()]
+    # As if the problem were small or large (M, output channels), with and without a residual, in
+    # fp32 and bf16 (whose tiles are larger): the tile sizes a real layer of this class could get, run
+    # here on a small one (edges masked) in fp32 (the interpreter's bf16 dot is not exact).
+    for m_bucket, ocg, residual, dtype in itertools.product([512, 1 << 20], [oc // g, 256], [False, True],
+                                                            [torch.float32, torch.bfloat16]):
+        named = {"M_BUCKET": m_bucket, "OCg": ocg, "Cg": cg, "FLAT_K": flat_k, "x_ptr": torch.empty(0, dtype=dtype)}
+        kept += K._prune(K.hopper_configs(), named, KH=k, KW=k, FLAT_K=flat_k, HAS_RESIDUAL=residual,
+                         EVEN_C=not flat_k and cg % 64 == 0)
+    by_name = {K.config_name(cfg): cfg for cfg in kept}
+    return [by_name[n] for n in sorted(by_name)]
+
+
+class _Forced(dict):
+    """Stands in for the launcher's tuned-config table: every key maps to one config."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.kwargs = config.all_kwargs()
+
+    def get(self, key, default=None):
+        return self.kwargs
+
+
+# Plus a 1x1 GEMM with K past 128, where the deep-pipeline and 128x256 / 256x128 tiles are kept.
+_TILE_SHAPES = SHAPE_CLASSES + [("1x1_s1_c192", 192, 40, 1, 1, 0, 1, 1), ("1x1_s1_c160", 160, 24, 1, 1, 0, 1, 1)]
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("shape", _TILE_SHAPES, ids=[s[0] for s in _TILE_SHAPES])
+def test_every_gpu_tile_config_is_correct(monkeypatch, shape):
+    # The interpreter's own runs use one 32x32x32 tile; on a GPU the autotuner picks from
+    # hopper_configs() (16 to 256 rows, K steps of 32 or 64, 16 to 256 columns) and the GPU tests use
+    # untuned_config() for every shape (its 64-wide K step runs the stem's row walk at 28 of 64).
+    # Each tile a GPU could run for this shape class, forced, against the float64 reference.
+    from resnet_fast.kernels import conv as triton_conv
+
+    x, weight, bias, res, conv_args, ref = _case(shape, torch.float32, True, True, seed=31, n=2, h=9, w=10)
+    for config in _gpu_configs_for(shape):
+        monkeypatch.setattr(triton_conv, "_chosen_configs", _Forced(config))
+        y = _run_kernel(x, weight, bias, res, conv_args, True)
+        assert rel_err(y, ref) < 1e-5, triton_conv.config_name(config)
+
+
 @pytest.mark.interpreter
 def test_untuned_layer_during_graph_capture_is_refused_clearly(monkeypatch):
     """Tuning synchronises the device, which invalidates a CUDA graph capture: a layer shape met for
