@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from . import fused
+from . import backend, fused
 from .blocks import ResidualBlock
 from .ops import conv_output_size
 
@@ -66,6 +66,19 @@ class ResNetBody(fused.FoldCacheMixin, nn.Module):
             return fused.folded(self, "conv1", self.conv1, norm, dtype)(x, relu=True), True
         return self.relu(norm(self.conv1(x))), False
 
+    @staticmethod
+    def _stem_pool(pool: nn.Module, x: Tensor) -> Tensor:
+        """The max-pool after a fused stem: on the Triton path a kernel that writes no indices
+        (PyTorch's CUDA max_pool2d always computes them: int64, 4x the bytes of a bf16 output)."""
+        if type(pool) is nn.MaxPool2d and not fused.has_hooks(pool) and not torch.compiler.is_compiling() \
+                and backend.use_triton(x.device, x.dtype):
+            from .kernels import pool as pool_kernels
+
+            if pool_kernels.supported(pool):
+                return pool_kernels.max_pool2d(x, pool.kernel_size, pool.stride, pool.padding, pool.dilation,
+                                               pool.ceil_mode)
+        return pool(x)
+
     def _stages(self, x: Tensor, owned: bool) -> Tensor:
         """layer1..4. While the activation is one this forward created and nobody else can see
         (no hooks), each fused block writes its output over its input instead of allocating."""
@@ -87,7 +100,7 @@ class ResNetBody(fused.FoldCacheMixin, nn.Module):
         self._check_input(x)
         x, stem_fused = self._stem(x)
         pool = getattr(self, self.stem_pool_name)
-        x = pool(x)
+        x = self._stem_pool(pool, x) if stem_fused else pool(x)
         x = self._stages(x, owned=stem_fused and type(pool) is nn.MaxPool2d and not fused.has_hooks(pool))
         x = self.avgpool(x)
         x = torch.flatten(x, 1)

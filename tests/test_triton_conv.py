@@ -205,10 +205,14 @@ def test_whole_model_through_triton_kernels(name, convs):
     fast = resnet_fast.from_torchvision(tv)
     x = torch.randn(1, 3, 37, 45)
     ref = float64_reference(tv, x)
+    from resnet_fast.kernels import pool
+
+    pools = pool.launch_count
     with resnet_fast.use_backend("triton"), torch.no_grad():
         out, launches = _count_launches(lambda: fast(x))
     # (launches count both the functional op and the in-place epilogue op)
     assert launches == convs  # every conv, stem included, and no silent fallback
+    assert pool.launch_count - pools == 1  # the stem's max-pool too
     assert rel_err(out, ref) < 1e-4
 
 
