@@ -61,8 +61,13 @@ class ResNetBody(fused.FoldCacheMixin, nn.Module):
         parts = (self.conv1, norm, self.relu)
         if type(self.relu) is nn.ReLU and fused.fused_allowed(self, x, parts) and fused.foldable(self.conv1, norm):
             dtype = fused.compute_dtype(x)
-            # The one layout conversion of the eval path: everything after stays channels_last.
-            x = x.to(dtype=dtype, memory_format=torch.channels_last)
+            if backend.prefers_triton(x.device, dtype):
+                # The Triton stem reads x in any layout (its input is copied to 4 padded channels
+                # anyway, kernels/conv.py): converting the layout here would be a second pass.
+                x = x.to(dtype=dtype)
+            else:
+                # The one layout conversion of the eval path: everything after stays channels_last.
+                x = x.to(dtype=dtype, memory_format=torch.channels_last)
             return fused.folded(self, "conv1", self.conv1, norm, dtype)(x, relu=True), True
         return self.relu(norm(self.conv1(x))), False
 

@@ -298,11 +298,13 @@ def _conv2d_bias_act_torch(x, weight, bias, residual, stride, padding, dilation,
 
 def _conv2d_bias_act_impl(x, weight, bias, residual, stride, padding, dilation, groups, relu):
     _check_conv(x, weight, bias, residual, stride, padding, dilation, groups)
-    x = x.contiguous(memory_format=torch.channels_last)
     if backend.use_triton(x.device, x.dtype):
         from .kernels import conv as triton_conv
 
+        # The launcher makes x dense channels_last itself, or (the 3-channel stem) reads any layout
+        # straight into its 4-channel padded copy: one pass over the input instead of two.
         return triton_conv.conv2d_bias_act(x, weight, bias, residual, stride, padding, dilation, groups, relu)
+    x = x.contiguous(memory_format=torch.channels_last)
     y = _conv2d_bias_act_torch(x, weight, bias, residual, stride, padding, dilation, groups, relu)
     strides = nhwc_strides(*y.shape)
     if y.stride() != strides:  # only size-1 dims can differ; keep the fake kernel's promise exact
