@@ -188,8 +188,8 @@ def _conv2d_bias_act_kernel(
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     KH: tl.constexpr, KW: tl.constexpr,
     FLAT_K: tl.constexpr, FLAT_CG: tl.constexpr, PAD_C: tl.constexpr, EVEN_C: tl.constexpr, GEMM_1X1: tl.constexpr,
-    HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr, INPUT_PRECISION: tl.constexpr, INDEX_64: tl.constexpr,
-    SPLIT_K: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr, EARLY_RESIDUAL: tl.constexpr, RELU: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    INDEX_64: tl.constexpr, SPLIT_K: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     # Unit strides are implied, not passed: x's channels and the weight's output channels are
@@ -242,6 +242,14 @@ def _conv2d_bias_act_kernel(
         step_lo = tl.program_id(2) * per_split
         step_hi = min(step_lo + per_split, k_steps)
 
+    # The output (and residual) are channels_last, i.e. a row-major [M, OC] matrix.
+    y_offs = offs_m[:, None] * OC + oc[None, :]
+    y_mask = mask_m[:, None] & mask_n[None, :]
+    if EARLY_RESIDUAL:
+        # Short K (a block's last 1x1 conv in layer1-3: 1 to 4 K steps), memory-bound: the residual
+        # tile is requested with the first A and B tiles, so its latency hides behind the K loop
+        # instead of following it (the tile then waits in registers: 16-32 per thread).
+        r_early = tl.load(r_ptr + y_offs, mask=y_mask, other=0.0)
     if GEMM_1X1:
         # x is [M, C] row-major: pixel m's channels start at m * sxw.
         a_rows = offs_m * sxw + g * Cg
@@ -364,12 +372,12 @@ def _conv2d_bias_act_kernel(
                 tap += next_tap
                 cb -= next_tap * c_blocks
 
-    # Epilogue: the output (and residual) are channels_last, i.e. a row-major [M, OC] matrix.
-    y_offs = offs_m[:, None] * OC + oc[None, :]
-    y_mask = mask_m[:, None] & mask_n[None, :]
+    # Epilogue
     if SPLIT_K == 1:
         acc += tl.load(b_ptr + oc, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-        if HAS_RESIDUAL:
+        if EARLY_RESIDUAL:
+            acc += r_early.to(tl.float32)
+        elif HAS_RESIDUAL:
             acc += tl.load(r_ptr + y_offs, mask=y_mask, other=0.0).to(tl.float32)
         if RELU:
             acc = tl.where(acc < 0.0, 0.0, acc)  # NaN stays NaN, as in torch.relu (max would drop it)
@@ -426,6 +434,13 @@ def pads_channels(cg: int, groups: int, kw: int, dilation_w: int) -> bool:
     vectors with asynchronous copies instead of one 2-byte load per element, and 4 x KW fills more
     than half of a 32-wide K step."""
     return cg == 3 and groups == 1 and dilation_w == 1 and 16 < _PADDED_CHANNELS * kw <= 32
+
+
+def early_residual(residual: bool, split_k: int, kh: int, kw: int, cg: int, element_size: int) -> bool:
+    """Whether the kernel loads the residual tile before its K loop: K of at most 4 steps of 64
+    (ResNet's block-closing 1x1 convs in layer1 to layer3), no split (the reduction adds it), 16-bit
+    data (an fp32 tile waiting in registers spills: 255 registers, 51 LDL on sm_90)."""
+    return residual and split_k == 1 and kh * kw * cg <= 4 * 64 and element_size <= 2
 
 
 def _pad_channels(x: torch.Tensor) -> torch.Tensor:
@@ -592,7 +607,8 @@ def conv2d_bias_act(
         KH=kh, KW=kw, FLAT_K=flat_k, FLAT_CG=(_PADDED_CHANNELS if pad_c else cg) if flat_k else 1, PAD_C=pad_c,
         EVEN_C=not flat_k and cg % _EVEN_C_BLOCK == 0,
         GEMM_1X1=gemm_1x1,
-        HAS_RESIDUAL=residual is not None, RELU=relu, INPUT_PRECISION=precision,
+        HAS_RESIDUAL=residual is not None, EARLY_RESIDUAL=early_residual(residual is not None, split_k, kh, kw, cg, x.element_size()),
+        RELU=relu, INPUT_PRECISION=precision,
         INDEX_64=index_64 if index_64 is not None else max(x.numel(), y.numel()) >= 2**31,
         SPLIT_K=split_k,
     )
@@ -714,7 +730,8 @@ def aot_compile(dtype: str, kernel: int, flat_k: bool, gemm_1x1: bool, residual:
                    swc=out_channels, swh=kernel * cg * out_channels, sww=cg * out_channels,
                    stride_h=1, stride_w=1, pad_h=kernel // 2, pad_w=kernel // 2, dil_h=1, dil_w=1)
     constexprs = dict(KH=kernel, KW=kernel, FLAT_K=flat_k, FLAT_CG=(cx if pad_c else cg) if flat_k else 1, PAD_C=pad_c,
-                      EVEN_C=not flat_k and cg % _EVEN_C_BLOCK == 0, GEMM_1X1=gemm_1x1, HAS_RESIDUAL=residual, RELU=relu,
+                      EVEN_C=not flat_k and cg % _EVEN_C_BLOCK == 0, GEMM_1X1=gemm_1x1, HAS_RESIDUAL=residual,
+                      EARLY_RESIDUAL=early_residual(residual, split_k, kernel, kernel, cg, 4 if dtype == "fp32" else 2), RELU=relu,
                       INPUT_PRECISION=precision, INDEX_64=index_64, SPLIT_K=split_k, **config.kwargs)
     signature, attrs = {}, {}
     for i, name in enumerate(jit_fn.arg_names):

@@ -336,6 +336,25 @@ def test_inplace_epilogue_op(backend):
 
 
 @pytest.mark.interpreter
+@pytest.mark.parametrize("shape", [SHAPE_CLASSES[0], SHAPE_CLASSES[10], SHAPE_CLASSES[2]], ids=lambda s: s[0])
+def test_fp16_residual_loaded_before_the_k_loop(shape):
+    # 16-bit data with K of at most 256 loads the residual tile ahead of the K loop; in place (out is
+    # the residual, as in every block's last conv) each element is still read before it is written.
+    from resnet_fast.kernels import conv as triton_conv
+
+    name, c, oc, k, s, p, d, g = shape
+    assert triton_conv.early_residual(True, 1, k, k, c // g, 2) == (k * k * c // g <= 256)
+    assert not triton_conv.early_residual(True, 1, k, k, c // g, 4)  # fp32: never (it spills)
+    assert not triton_conv.early_residual(True, 2, k, k, c // g, 2)  # split K: the reduction adds it
+    x, weight, bias, res, conv_args, ref = _case(shape, torch.float16, True, True, seed=9)
+    torch_err = rel_err(_torch_same_dtype(x, weight, bias, res, conv_args, True), ref)
+    ptr = res.data_ptr()
+    triton_conv.conv2d_bias_act(x, to_oc_last(weight), bias, res, [s, s], [p, p], [d, d], g, True, out=res)
+    assert res.data_ptr() == ptr
+    assert rel_err(res, ref) <= 2 * torch_err, (rel_err(res, ref), torch_err)
+
+
+@pytest.mark.interpreter
 def test_forced_triton_rejects_float64_clearly():
     x, weight, bias, res, conv_args, ref = _case(SHAPE_CLASSES[0], torch.float64, False, True)
     with resnet_fast.use_backend("triton"), pytest.raises(TypeError, match="expected float32, float16 or bfloat16, got torch.float64"):
