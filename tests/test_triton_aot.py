@@ -115,3 +115,27 @@ def test_kernel_compiles_for_sm90_other_dtypes():
     _skip_without_ptxas(proc)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "COMPILED 6" in proc.stdout
+
+
+UNTUNED = r"""
+import json, sys
+sys.path.insert(0, "benchmarks")
+import sass_report as S
+from resnet_fast.kernels import conv as K
+rows = {name: S.report(spec, K.untuned_config(), 90) for name, spec in S.SPECS.items()}
+print("ROWS" + json.dumps(rows))
+"""
+
+
+def test_untuned_config_compiles_for_every_spec():
+    # The GPU tests run every shape with one config (RESNET_FAST_AUTOTUNE=0), which the prune never
+    # sees: its 64-wide K step takes the stem's padded row walk at 28 of 64 and the grouped walks.
+    pytest.importorskip("triton")
+    proc = subprocess.run([sys.executable, "-c", UNTUNED], capture_output=True, text=True, env=_env(), timeout=900, cwd=ROOT)
+    _skip_without_ptxas(proc)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = json.loads(proc.stdout.split("ROWS", 1)[1])
+    assert len(rows) >= 10 and "stem_7x7" in rows and "3x3_grouped_g32" in rows
+    for name, row in rows.items():
+        assert row["HGMMA"] > 0 and row["LDL"] == 0 and row["STL"] == 0, f"{name}: {row}"
+
