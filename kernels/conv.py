@@ -419,7 +419,7 @@ def _pad_channels_kernel(x_ptr, y_ptr, P, C, H, W, sxn, sxc, sxh, sxw, CP: tl.co
     h = (offs // W) % H
     n = offs // (W * H)
     mask_p = offs < P
-    v = tl.load(x_ptr + (n * sxn + h * sxh + w * sxw)[:, None] + c[None, :] * sxc,
+    v = tl.load(x_ptr + (n * sxn + h * sxh + w * sxw)[:, None] + c.to(tl.int64)[None, :] * sxc,
                 mask=mask_p[:, None] & (c < C)[None, :], other=0.0)
     tl.store(y_ptr + offs[:, None] * CP + c[None, :], v, mask=mask_p[:, None])
 

@@ -19,24 +19,25 @@ import torch
 import triton
 import triton.language as tl
 
-from resnet_fast.ops import nhwc_strides
+from resnet_fast.ops import nhwc_strides, pool_output_size
 
 # Counts launches, so tests can prove the kernel ran.
 launch_count = 0
 
 
-@triton.jit(do_not_specialize=["N", "H", "W", "OH", "OW"])
+@triton.jit(do_not_specialize=["P", "H", "W", "OH", "OW"])
 def _max_pool2d_nhwc_kernel(
-    x_ptr, y_ptr, N, H, W, C, OH, OW,
+    x_ptr, y_ptr, P, H, W, C, OH, OW,
     KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
     PH: tl.constexpr, PW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, INDEX_64: tl.constexpr,
 ):
-    offs_p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     if INDEX_64:  # 64-bit offsets only where x or y has 2^31 elements or more
-        offs_p = offs_p.to(tl.int64)
+        offs_p = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
+    else:
+        offs_p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_p = offs_p < N * OH * OW
+    mask_p = offs_p < P  # P = N * OH * OW, from the host (a 64-bit argument once it needs one)
     mask_c = offs_c < C
     ow = offs_p % OW
     oh = (offs_p // OW) % OH
@@ -60,26 +61,6 @@ def _max_pool2d_nhwc_kernel(
 
 def _pair(v) -> Sequence[int]:
     return (v, v) if isinstance(v, int) else tuple(v)
-
-
-def pool_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int, ceil_mode: bool) -> int:
-    """PyTorch's pooling output size (a window must start inside the input or its left padding)."""
-    span = size + 2 * padding - dilation * (kernel - 1) - 1
-    if ceil_mode:
-        out = -(-span // stride) + 1
-        if (out - 1) * stride >= size + padding:
-            out -= 1
-        return out
-    return span // stride + 1
-
-
-def supported(pool: torch.nn.MaxPool2d) -> bool:
-    """nn.MaxPool2d settings this kernel runs exactly as PyTorch does (no indices)."""
-    if pool.return_indices:
-        return False
-    kh, kw = _pair(pool.kernel_size)
-    ph, pw = _pair(pool.padding)
-    return ph <= kh // 2 and pw <= kw // 2  # PyTorch's own limit: no window entirely in padding
 
 
 def max_pool2d(x: torch.Tensor, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
@@ -113,7 +94,7 @@ def max_pool2d(x: torch.Tensor, kernel_size, stride=None, padding=0, dilation=1,
         index_64 = max(x.numel(), y.numel()) >= 2**31
     # Triton launches on the current CUDA device: switch to x's.
     with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
-        _max_pool2d_nhwc_kernel[grid](x, y, n, h, w, c, oh, ow, KH=kh, KW=kw, SH=sh, SW=sw, PH=ph, PW=pw,
+        _max_pool2d_nhwc_kernel[grid](x, y, n * oh * ow, h, w, c, oh, ow, KH=kh, KW=kw, SH=sh, SW=sw, PH=ph, PW=pw,
                                       DH=dh, DW=dw, BLOCK_P=block_p, BLOCK_C=block_c, INDEX_64=index_64,
                                       num_warps=4)
     launch_count += 1

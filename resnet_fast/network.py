@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from . import backend, fused
+from . import backend, fused, ops
 from .blocks import ResidualBlock
 from .ops import conv_output_size
 
@@ -73,16 +73,15 @@ class ResNetBody(fused.FoldCacheMixin, nn.Module):
 
     @staticmethod
     def _stem_pool(pool: nn.Module, x: Tensor) -> Tensor:
-        """The max-pool after a fused stem: on the Triton path a kernel that writes no indices
-        (PyTorch's CUDA max_pool2d always computes them: int64, 4x the bytes of a bf16 output)."""
-        if type(pool) is nn.MaxPool2d and not fused.has_hooks(pool) and not torch.compiler.is_compiling() \
-                and backend.use_triton(x.device, x.dtype):
-            from .kernels import pool as pool_kernels
-
-            if pool_kernels.supported(pool):
-                return pool_kernels.max_pool2d(x, pool.kernel_size, pool.stride, pool.padding, pool.dilation,
-                                               pool.ceil_mode)
-        return pool(x)
+        """The max-pool after a fused stem: on the Triton path ``resnet_fast::max_pool2d``, a kernel
+        that writes no indices (PyTorch's CUDA max_pool2d always computes them: int64, 4x the bytes
+        of a bf16 output)."""
+        args = ops.stem_pool_args(pool)
+        if args is None or fused.has_hooks(pool) or not backend.prefers_triton(x.device, x.dtype):
+            return pool(x)
+        if ops.direct_call_ok(x):
+            return ops._max_pool2d_impl(x, *args)
+        return torch.ops.resnet_fast.max_pool2d(x, *args)
 
     def _stages(self, x: Tensor, owned: bool) -> Tensor:
         """layer1..4. While the activation is one this forward created and nobody else can see

@@ -8,6 +8,8 @@
                               Triton on CUDA (or anywhere when forced), oneDNN/PyTorch otherwise.
 ``conv2d_bias_act_add_``      the same written into the residual's memory (block epilogues whose
                               shortcut tensor the network owns).
+``max_pool2d``                max pooling to a channels_last result without indices (the eval stem's
+                              pool): Triton where the convs run Triton, PyTorch otherwise.
 """
 from __future__ import annotations
 
@@ -372,6 +374,80 @@ _lib.impl("conv2d_bias_act_add_", _conv2d_bias_act_add_impl, "CUDA")
 @torch.library.register_fake("resnet_fast::conv2d_bias_act_add_")
 def _conv2d_bias_act_add_fake(residual, x, weight, bias, stride, padding, dilation, groups, relu):
     _check_conv_inplace(residual, x, weight, bias, stride, padding, dilation, groups)
+
+
+# --------------------------------------------------------------------------------------------
+# max_pool2d: the eval stem's pool, channels_last, no indices
+# --------------------------------------------------------------------------------------------
+POOL_SCHEMA = (
+    "max_pool2d(Tensor x, int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, "
+    "bool ceil_mode) -> Tensor"
+)
+_lib.define(POOL_SCHEMA)
+
+
+def pool_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int, ceil_mode: bool) -> int:
+    """PyTorch's pooling output size (with ceil_mode, a last window must start inside the input or
+    its left padding)."""
+    span = size + 2 * padding - dilation * (kernel - 1) - 1
+    if ceil_mode:
+        out = -(-span // stride) + 1
+        if (out - 1) * stride >= size + padding:
+            out -= 1
+        return out
+    return span // stride + 1
+
+
+def _pair(v) -> List[int]:
+    return [v, v] if isinstance(v, int) else [int(i) for i in v]
+
+
+def stem_pool_args(pool: torch.nn.Module) -> Optional[tuple]:
+    """``(kernel_size, stride, padding, dilation, ceil_mode)`` of an ``nn.MaxPool2d`` that
+    ``resnet_fast::max_pool2d`` computes exactly as PyTorch does; None for any other module."""
+    if type(pool) is not torch.nn.MaxPool2d or pool.return_indices:
+        return None
+    kernel, padding = _pair(pool.kernel_size), _pair(pool.padding)
+    stride = _pair(pool.stride) if pool.stride not in (None, (), []) else kernel
+    if any(p > k // 2 for p, k in zip(padding, kernel)):
+        return None  # PyTorch refuses it: leave the error to PyTorch's pool
+    return kernel, stride, padding, _pair(pool.dilation), bool(pool.ceil_mode)
+
+
+def _check_pool(x, kernel_size, stride, padding, dilation, ceil_mode):
+    name = "resnet_fast::max_pool2d"
+    if x.dim() != 4:
+        raise RuntimeError(f"{name}: expected a 4-D [N, C, H, W] tensor, got shape {list(x.shape)}")
+    n, c, h, w = x.shape
+    out = [pool_output_size(size, k, st, p, d, ceil_mode)
+           for size, k, st, p, d in zip((h, w), kernel_size, stride, padding, dilation)]
+    if min(out) <= 0:
+        raise RuntimeError(f"{name}: input {h}x{w} is too small for a {kernel_size[0]}x{kernel_size[1]} window "
+                           f"(stride {stride}, padding {padding}, dilation {dilation}): output {out[0]}x{out[1]}")
+    return [n, c, out[0], out[1]]
+
+
+def _max_pool2d_impl(x, kernel_size, stride, padding, dilation, ceil_mode):
+    _check_pool(x, kernel_size, stride, padding, dilation, ceil_mode)
+    if backend.use_triton(x.device, x.dtype):
+        from .kernels import pool
+
+        return pool.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode)
+    y = F.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode)
+    strides = nhwc_strides(*y.shape)
+    if y.stride() != strides:  # the fake kernel promises dense channels_last
+        y = torch.empty_strided(y.shape, strides, dtype=y.dtype, device=y.device).copy_(y)
+    return y
+
+
+_lib.impl("max_pool2d", _max_pool2d_impl, "CPU")
+_lib.impl("max_pool2d", _max_pool2d_impl, "CUDA")
+
+
+@torch.library.register_fake("resnet_fast::max_pool2d")
+def _max_pool2d_fake(x, kernel_size, stride, padding, dilation, ceil_mode):
+    out_shape = _check_pool(x, kernel_size, stride, padding, dilation, ceil_mode)
+    return x.new_empty_strided(out_shape, nhwc_strides(*out_shape))
 
 
 _len_dispatch_stack = getattr(torch._C, "_len_torch_dispatch_stack", None)

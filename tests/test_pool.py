@@ -60,11 +60,61 @@ def test_max_pool_bad_input_is_refused_clearly():
 
 
 def test_only_settings_pytorch_runs_the_same_are_taken():
+    from resnet_fast.ops import stem_pool_args
+
+    assert stem_pool_args(torch.nn.MaxPool2d(3, 2, 1)) == ([3, 3], [2, 2], [1, 1], [1, 1], False)
+    assert stem_pool_args(torch.nn.MaxPool2d((3, 2), None, (1, 0), 2, ceil_mode=True)) == (
+        [3, 2], [3, 2], [1, 0], [2, 2], True)
+    assert stem_pool_args(torch.nn.MaxPool2d(3, 2, 1, return_indices=True)) is None
+    assert stem_pool_args(torch.nn.MaxPool2d(3, 2, 2)) is None  # PyTorch refuses padding > kernel / 2
+    assert stem_pool_args(torch.nn.AvgPool2d(3, 2, 1)) is None
+    assert stem_pool_args(torch.nn.Identity()) is None
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=pytest.mark.interpreter)])
+def test_pool_op_and_its_fake_kernel(backend):
+    x = _input(torch.float32, 13, 11)
+    ref = F.max_pool2d(x, 3, 2, 1)
+    with resnet_fast.use_backend(backend):
+        y = torch.ops.resnet_fast.max_pool2d(x, [3, 3], [2, 2], [1, 1], [1, 1], False)
+        _same(y, ref)
+        _same(torch.ops.resnet_fast.max_pool2d(x.contiguous(), [3, 3], [2, 2], [1, 1], [1, 1], False), ref)
+        # schema, fake kernel (shape and channels_last strides), dynamic shapes through AOT dispatch
+        torch.library.opcheck(torch.ops.resnet_fast.max_pool2d.default,
+                              (torch.randn(2, 5, 9, 8), [3, 3], [2, 2], [1, 1], [1, 1], True))
+        with pytest.raises(RuntimeError, match="resnet_fast::max_pool2d: expected a 4-D"):
+            torch.ops.resnet_fast.max_pool2d(torch.randn(5, 9, 8), [3, 3], [2, 2], [1, 1], [1, 1], False)
+        with pytest.raises(RuntimeError, match="too small"):
+            torch.ops.resnet_fast.max_pool2d(torch.randn(1, 2, 2, 2), [5, 5], [1, 1], [0, 0], [1, 1], False)
+
+
+@pytest.mark.interpreter
+def test_modes_and_the_profiler_see_the_pool_op(monkeypatch):
+    # Like the convs: the model calls the pool's body directly only in plain eager mode; a
+    # TorchDispatchMode (or the profiler) sees resnet_fast::max_pool2d, which still runs Triton.
+    from torch.utils._python_dispatch import TorchDispatchMode
+
     from resnet_fast.kernels import pool
 
-    assert pool.supported(torch.nn.MaxPool2d(3, 2, 1))
-    assert not pool.supported(torch.nn.MaxPool2d(3, 2, 1, return_indices=True))
-    assert not pool.supported(torch.nn.MaxPool2d(3, 2, 2))  # PyTorch refuses padding > kernel / 2
+    class Record(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    model = resnet_fast.resnet18(num_classes=10).eval()
+    with resnet_fast.use_backend("triton"), torch.no_grad():
+        before = pool.launch_count
+        with Record() as rec:
+            model._stem_pool(model.maxpool, _input(torch.float32, 13, 11))
+        assert [n for n in rec.names if "pool" in n] == ["resnet_fast.max_pool2d.default"]
+        with torch.profiler.profile() as prof:
+            model._stem_pool(model.maxpool, _input(torch.float32, 13, 11))
+        assert any("resnet_fast::max_pool2d" in e.name for e in prof.events())
+        assert pool.launch_count - before == 2
 
 
 @pytest.mark.interpreter
@@ -94,7 +144,7 @@ def test_model_runs_the_pool_kernel_after_a_fused_stem(monkeypatch):
         model(x)
         handle.remove()
         model.maxpool.return_indices = True  # not a plain pool any more (the model would fail on it)
-        assert not pool.supported(model.maxpool)
+        assert resnet_fast.ops.stem_pool_args(model.maxpool) is None
         assert pool.launch_count - before == 1
     with torch.no_grad():  # the torch backend never takes it
         model.maxpool.return_indices = False

@@ -32,7 +32,7 @@ triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=GPUTar
 from resnet_fast.kernels import pool as P
 fn = P._max_pool2d_nhwc_kernel
 for index_64 in (False, True):
-    sig = {"x_ptr": "*bf16", "y_ptr": "*bf16", "N": "i32", "H": "i32", "W": "i32", "C": "i32", "OH": "i32", "OW": "i32"}
+    sig = {"x_ptr": "*bf16", "y_ptr": "*bf16", "P": "i32", "H": "i32", "W": "i32", "C": "i32", "OH": "i32", "OW": "i32"}
     values = dict(KH=3, KW=3, SH=2, SW=2, PH=1, PW=1, DH=1, DW=1, BLOCK_P=64, BLOCK_C=64, INDEX_64=index_64)
     sig.update({k: "constexpr" for k in values})
     consts = {(fn.arg_names.index(k),): v for k, v in values.items()}
