@@ -1,7 +1,7 @@
 #!/usr/bin/env python
-"""Per-kernel benchmarks: the fused convolution and the residual add+ReLU, beside what PyTorch
-runs instead, with the fraction of this device's peak measured in the same run (matmul TFLOP/s for
-convolutions, device-to-device copy GB/s for add_relu).
+"""Per-kernel benchmarks: the fused convolution, the residual add+ReLU and the stem's index-free
+max-pool, beside what PyTorch runs instead, with the fraction of this device's peak measured in the
+same run (matmul TFLOP/s for convolutions, device-to-device copy GB/s for add_relu and the pool).
 
     python benchmarks/bench_kernels.py --device cuda --dtype bfloat16 --json k.json --markdown k.md
     python benchmarks/bench_kernels.py --device cpu --only add_relu
@@ -97,6 +97,40 @@ def bench_add_relu(args, rows, header, prog):
         prog.step(f"add_relu {shape}")
 
 
+def bench_max_pool(args, rows, header, prog):
+    """The stem's 3x3 stride-2 max-pool (ResNet-50: 64 x 112 x 112 in): PyTorch's (which writes int64
+    indices on CUDA) against resnet_fast::max_pool2d (Triton where the convs run Triton, no indices;
+    in the model only with RESNET_FAST_TRITON_POOL=1). GB/s counts the useful bytes: input + output."""
+    import resnet_fast  # noqa: F401  (registers the op)
+
+    dtype = getattr(torch, args.dtype)
+    peak = header.get("copy_gbps") or copy_gbps(args.device, dtype)
+    header["copy_gbps"] = peak
+    shape = (args.batch, 64, 112, 112)
+    x = torch.randn(shape, device=args.device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    ref = F.max_pool2d(x, 3, 2, 1)
+    nbytes = (x.numel() + ref.numel()) * x.element_size()
+    base = None
+    for provider, fn in [
+        ("torch max_pool2d", lambda i: F.max_pool2d(x, 3, 2, 1)),
+        ("resnet_fast max_pool2d", lambda i: torch.ops.resnet_fast.max_pool2d(x, [3, 3], [2, 2], [1, 1], [1, 1], False)),
+    ]:
+        try:
+            err = common.rel_err(fn(0).float(), ref.float())
+            t = common.time_fn(fn, args.device, args.iters, 3, args.budget)
+        except Exception as e:  # noqa: BLE001
+            print(f"\nmax_pool2d {provider}: {type(e).__name__}: {e}", file=sys.stderr)
+            continue
+        gbps = nbytes / (t["median_ms"] * 1e-3) / 1e9
+        base = base or t["median_ms"]
+        rows.append({"kernel": "max_pool2d 3x3 s2", "shape": "x".join(map(str, shape)), "provider": provider,
+                     "median_ms": t["median_ms"], "gbps": gbps, "fraction_of_peak": gbps / peak,
+                     "speedup_vs_baseline": base / t["median_ms"], "max_rel_err": err})
+        common.write_json(args.json, header, rows)
+    report(args, header, rows)
+    prog.step("max_pool2d")
+
+
 def bench_conv(args, rows, header, prog):
     import resnet_fast
     from resnet_fast.fused import to_oc_last, weight_layout
@@ -171,7 +205,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None)
-    p.add_argument("--only", default="add_relu,conv", help="comma list: add_relu, conv")
+    p.add_argument("--only", default="add_relu,max_pool,conv", help="comma list: add_relu, max_pool, conv")
     p.add_argument("--batch", type=int, default=None, help="default: 256 on CUDA, 4 on the CPU")
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--budget", type=float, default=5.0, help="seconds of timing per provider and shape, at most")
@@ -186,16 +220,18 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     only = set(args.only.split(","))
-    unknown = only - {"add_relu", "conv"}
+    unknown = only - {"add_relu", "max_pool", "conv"}
     if unknown:
-        p.error(f"--only: expected add_relu and/or conv, got {', '.join(sorted(unknown))}")
+        p.error(f"--only: expected some of add_relu, max_pool, conv, got {', '.join(sorted(unknown))}")
     header = common.environment(args.device)
     header.update({"device": args.device, "dtype": args.dtype, "batch": args.batch, "benchmark": "bench_kernels"})
     rows = []
-    total = (4 if "add_relu" in only else 0) + (len(resnet50_convs()) if "conv" in only else 0)
+    total = (4 if "add_relu" in only else 0) + ("max_pool" in only) + (len(resnet50_convs()) if "conv" in only else 0)
     prog = common.Progress(total, "bench_kernels")
     if "add_relu" in only:
         bench_add_relu(args, rows, header, prog)
+    if "max_pool" in only:
+        bench_max_pool(args, rows, header, prog)
     if "conv" in only:
         bench_conv(args, rows, header, prog)
     print("\n" + report(args, header, rows))

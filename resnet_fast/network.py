@@ -2,6 +2,8 @@
 the stem (fused conv7x7+BN+ReLU in eval), the four stages, pooling and the classifier."""
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import Tensor, nn
 
@@ -73,9 +75,12 @@ class ResNetBody(fused.FoldCacheMixin, nn.Module):
 
     @staticmethod
     def _stem_pool(pool: nn.Module, x: Tensor) -> Tensor:
-        """The max-pool after a fused stem: on the Triton path ``resnet_fast::max_pool2d``, a kernel
-        that writes no indices (PyTorch's CUDA max_pool2d always computes them: int64, 4x the bytes
-        of a bf16 output)."""
+        """The max-pool after a fused stem: PyTorch's, as DESIGN.md section 2 has it. With
+        RESNET_FAST_TRITON_POOL=1, on the Triton path, ``resnet_fast::max_pool2d`` instead: a kernel
+        that writes no indices (PyTorch's CUDA max_pool2d always computes them, int64, 4x the bytes
+        of a bf16 output); opt-in until a GPU run (bench_kernels' max_pool rows) shows the gain."""
+        if os.environ.get("RESNET_FAST_TRITON_POOL", "0") != "1":
+            return pool(x)
         args = ops.stem_pool_args(pool)
         if args is None or fused.has_hooks(pool) or not backend.prefers_triton(x.device, x.dtype):
             return pool(x)

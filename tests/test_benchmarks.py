@@ -83,6 +83,13 @@ def test_bench_kernels_smoke(tmp_path):
     assert {r["provider"] for r in data["rows"]} == {"torch add_+relu_", "resnet_fast add_relu_"}
 
 
+def test_bench_kernels_max_pool_smoke(tmp_path):
+    data = _bench_kernels_cpu(tmp_path / "k.json", "--only", "max_pool", "--iters", "2", "--budget", "0.2")
+    rows = data["rows"]
+    assert {r["provider"] for r in rows} == {"torch max_pool2d", "resnet_fast max_pool2d"}
+    assert all(r["max_rel_err"] == 0 and r["gbps"] > 0 for r in rows)
+
+
 def test_python_m_resnet_fast_smoke():
     proc = subprocess.run([sys.executable, "-m", "resnet_fast", "--batch-size", "1", "--size", "64", "--iters", "1"],
                           capture_output=True, text=True, timeout=600)

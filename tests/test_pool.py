@@ -1,5 +1,6 @@
 """The stem's max-pool kernel (kernels/pool.py): the same values as torch.max_pool2d, exactly (a max
-rounds nothing), NaN where PyTorch has NaN, and the model runs it after a fused stem."""
+rounds nothing), NaN where PyTorch has NaN, and the model runs it after a fused stem when
+RESNET_FAST_TRITON_POOL=1 (off by default: DESIGN.md keeps the pool in PyTorch)."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -89,6 +90,19 @@ def test_pool_op_and_its_fake_kernel(backend):
 
 
 @pytest.mark.interpreter
+def test_pool_kernel_is_opt_in(monkeypatch):
+    from resnet_fast.kernels import pool
+
+    monkeypatch.delenv("RESNET_FAST_TRITON_POOL", raising=False)
+    model = resnet_fast.resnet18(num_classes=10).eval()
+    x = _input(torch.float32, 13, 11)
+    with resnet_fast.use_backend("triton"), torch.no_grad():
+        before = pool.launch_count
+        _same(model._stem_pool(model.maxpool, x), F.max_pool2d(x, 3, 2, 1))
+        assert pool.launch_count == before
+
+
+@pytest.mark.interpreter
 def test_modes_and_the_profiler_see_the_pool_op(monkeypatch):
     # Like the convs: the model calls the pool's body directly only in plain eager mode; a
     # TorchDispatchMode (or the profiler) sees resnet_fast::max_pool2d, which still runs Triton.
@@ -105,6 +119,7 @@ def test_modes_and_the_profiler_see_the_pool_op(monkeypatch):
             self.names.append(str(func))
             return func(*args, **(kwargs or {}))
 
+    monkeypatch.setenv("RESNET_FAST_TRITON_POOL", "1")
     model = resnet_fast.resnet18(num_classes=10).eval()
     with resnet_fast.use_backend("triton"), torch.no_grad():
         before = pool.launch_count
@@ -129,6 +144,7 @@ def test_model_runs_the_pool_kernel_after_a_fused_stem(monkeypatch):
         return y if out is None else out.copy_(y)
 
     monkeypatch.setattr(conv, "conv2d_bias_act", torch_conv)
+    monkeypatch.setenv("RESNET_FAST_TRITON_POOL", "1")
     tv = torchvision.models.resnet18(num_classes=10).eval()
     model = resnet_fast.resnet18(num_classes=10).eval()
     model.load_state_dict(tv.state_dict())

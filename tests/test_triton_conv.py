@@ -212,7 +212,7 @@ def test_whole_model_through_triton_kernels(name, convs):
         out, launches = _count_launches(lambda: fast(x))
     # (launches count both the functional op and the in-place epilogue op)
     assert launches == convs  # every conv, stem included, and no silent fallback
-    assert pool.launch_count - pools == 1  # the stem's max-pool too
+    assert pool.launch_count == pools  # the stem's max-pool stays PyTorch's unless opted in
     assert rel_err(out, ref) < 1e-4
 
 
