@@ -40,6 +40,9 @@ SPECS = {
     "3x3_grouped_g32": ("bf16", 3, True, False, False, True, "tf32", 128, 128, 32),
     # resnext101_32x8d: 8 channels per group, a kernel row's 3 x 8 in one K step (the row walk)
     "3x3_grouped_8ch": ("bf16", 3, True, False, False, True, "tf32", 256, 256, 32),
+    # what the model runs for ResNeXt-50's layer1 conv instead: its 32 groups of 4 widened to 4
+    # groups of 32 (block-diagonal weight, resnet_fast.fused.widen_groups), the per-tap walk
+    "3x3_grouped_widened": ("bf16", 3, False, False, False, True, "tf32", 128, 128, 4),
     # batch 1 in layer4: M = 49, K split 8 ways (the 11th field), fp32 partials to a workspace
     "3x3_c512_batch1_split8": ("bf16", 3, False, False, True, True, "tf32", 512, 512, 1, 8),
     # fp32 with TF32 tensor cores: operands rounded to TF32 in registers (cvt.rna), 4-byte tiles

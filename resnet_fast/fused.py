@@ -95,13 +95,49 @@ def weight_layout(device: torch.device, dtype: torch.dtype) -> str:
     return "oc_last" if backend.prefers_triton(device, dtype) else "channels_last"
 
 
+# Channels per group the Triton path widens narrow groups to (see widen_groups): one 32-channel
+# run per pixel and tap is 64 bytes of bf16, loaded as 16-byte asynchronous copies.
+GROUP_WIDTH = 32
+
+
+def widen_groups(weight: torch.Tensor, groups: int, width: int = GROUP_WIDTH) -> Tuple[torch.Tensor, int]:
+    """The same grouped conv with fewer, wider groups: ``gb`` neighbouring groups become one whose
+    weight is block-diagonal (zeros between different original groups), so
+    ``conv2d(x, w', groups=groups // gb) == conv2d(x, w, groups=groups)``.
+
+    For ResNeXt's 4-16 channels per group: a group of 4 gives the Triton kernel 8-byte runs per
+    pixel and a 16-wide N tile with 4 live columns, one program per (tile, group); widened to 32
+    channels it runs the per-tap walk with 16-byte asynchronous copies and full 32-wide tiles, ~4x
+    fewer instructions per output on sm_90 (benchmarks/NOTES.md), at gb times the MMA work on
+    zeros (these convs are bandwidth-bound). Keeps ``weight``'s memory layout."""
+    oc, cg, kh, kw = weight.shape
+    gb = max(1, width // cg) if groups > 1 else 1
+    while gb > 1 and groups % gb:
+        gb //= 2
+    if gb == 1:
+        return weight, groups
+    ocg = oc // groups
+    w = weight.reshape(groups // gb, gb, ocg, cg, kh, kw)
+    wide = weight.new_zeros(groups // gb, gb, ocg, gb, cg, kh, kw)
+    for j in range(gb):
+        wide[:, j, :, j] = w[:, j]
+    wide = wide.reshape(oc, gb * cg, kh, kw)
+    oc_last = weight.dim() == 4 and weight.stride(0) == 1 and oc > 1
+    return (to_oc_last(wide) if oc_last else wide.contiguous(memory_format=torch.channels_last)), groups // gb
+
+
 def make_folded(conv: nn.Conv2d, norm: nn.Module, dtype: torch.dtype, prepack: bool = False) -> FoldedConv:
     """The fold as the op wants it; ``prepack`` (cached folds only: a pack pays off when reused) lets
-    the CPU op keep oneDNN's blocked copy of the weight."""
-    weight, bias = fold_bn(conv, norm, dtype, weight_layout(conv.weight.device, dtype))
+    the CPU op keep oneDNN's blocked copy of the weight. For the Triton kernels narrow groups are
+    widened (``widen_groups``)."""
+    layout = weight_layout(conv.weight.device, dtype)
+    weight, bias = fold_bn(conv, norm, dtype, layout)
+    groups = conv.groups
+    if layout == "oc_last" and groups > 1 and weight.shape[1] < GROUP_WIDTH:
+        weight, groups = widen_groups(weight, groups)
     if prepack:
         allow_prepack(weight)
-    return FoldedConv(weight, bias, list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups)
+    return FoldedConv(weight, bias, list(conv.stride), list(conv.padding), list(conv.dilation), groups)
 
 
 _MISSING = object()

@@ -188,3 +188,47 @@ def test_cpu_prepacked_weights_per_input_shape(model_and_input):
     w = torch.randn(8, 3, 3, 3).contiguous(memory_format=torch.channels_last)
     resnet_fast.ops.conv2d_bias_act(torch.randn(1, 3, 9, 9), w, torch.zeros(8), None, [1, 1], [1, 1], [1, 1], 1, True)
     assert not hasattr(w, "_resnet_fast_mkldnn_weights")
+
+
+@pytest.mark.parametrize("channels,groups,expect", [(128, 32, 4), (256, 32, 8), (512, 32, 16), (1024, 32, 32),
+                                                     (48, 4, 2), (36, 3, 3), (64, 1, 1), (128, 64, 4)])
+def test_widened_groups_are_the_same_conv(channels, groups, expect):
+    # ResNeXt's narrow groups (4 to 16 channels) run on the Triton path as groups of 32 channels
+    # with a block-diagonal weight; in float64 the two convs agree to rounding.
+    from resnet_fast.fused import to_oc_last, widen_groups
+
+    g = torch.Generator().manual_seed(channels + groups)
+    cg = channels // groups
+    w = torch.randn(channels, cg, 3, 3, generator=g, dtype=torch.float64)
+    x = torch.randn(2, channels, 9, 7, generator=g, dtype=torch.float64)
+    wide, new_groups = widen_groups(to_oc_last(w), groups)
+    assert new_groups == expect
+    assert wide.shape == (channels, cg * groups // new_groups, 3, 3) and wide.stride(0) == 1  # still oc-last
+    ref = nn.functional.conv2d(x, w, None, 2, 1, 1, groups)
+    assert rel_err(nn.functional.conv2d(x, wide, None, 2, 1, 1, new_groups), ref) < 1e-14
+
+
+@pytest.mark.interpreter
+def test_resnext_block_through_triton_with_widened_groups():
+    # A ResNeXt-50 layer1 block (32 groups of 4) folded for the Triton kernels: its 3x3 conv runs as
+    # 4 groups of 32 channels, the block matches torchvision's in float64.
+    from torchvision.models.resnet import Bottleneck as TvBottleneck
+
+    from resnet_fast.fused import make_folded
+
+    torch.manual_seed(5)
+    down = nn.Sequential(nn.Conv2d(64, 256, 1, bias=False), nn.BatchNorm2d(256))
+    tv = randomize_bn(TvBottleneck(64, 64, downsample=down, groups=32, base_width=4), 4).eval()
+    fast_block = resnet_fast.from_torchvision(
+        randomize_bn(torchvision.models.resnext50_32x4d(), 4).eval()).layer1[0]
+    fast_block.load_state_dict(tv.state_dict())
+    x = torch.randn(2, 64, 11, 9)
+    from resnet_fast.kernels import conv as triton_conv
+
+    with resnet_fast.use_backend("triton"), torch.no_grad():
+        assert make_folded(fast_block.conv2, fast_block.bn2, torch.float32).groups == 4
+        before = triton_conv.launch_count
+        out = fast_block(x)
+        assert triton_conv.launch_count - before == 4  # conv1, conv2 (widened), downsample, conv3
+        ref = tv.double()(x.double())
+    assert rel_err(out, ref) < 1e-5
