@@ -45,3 +45,19 @@ def tf32_round(t: torch.Tensor) -> torch.Tensor:
     conv's ``cvt.rna.tf32.f32`` does to fp32 operands before a TF32 tensor-core dot."""
     bits = t.float().contiguous().view(torch.int32)
     return ((bits + 0x1000) & ~0x1FFF).view(torch.float32).reshape(t.shape)
+
+
+def record_ops():
+    """A TorchDispatchMode that records the name of every op dispatched under it (``.names``)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class RecordOps(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    return RecordOps()

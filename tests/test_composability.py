@@ -187,23 +187,14 @@ def test_direct_eager_calls_equal_the_op_and_modes_still_see_the_op():
     # In plain eager mode the model runs the ops' bodies directly (no dispatcher round trip); any
     # TorchDispatchMode (FlopCounterMode, debugging modes) must still see every conv as the op, and
     # both routes must give the same bits.
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Record(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.names = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.names.append(str(func))
-            return func(*args, **(kwargs or {}))
+    from helpers import record_ops
 
     torch.manual_seed(0)
     model = randomize_bn(resnet_fast.resnet18(num_classes=10), 3).eval()
     x = torch.randn(2, 3, 45, 53)
     with torch.no_grad():
         direct = model(x)
-        with Record() as rec:
+        with record_ops() as rec:
             via_op = model(x)
     assert sum(n.startswith("resnet_fast.conv2d_bias_act") for n in rec.names) == 20, rec.names
     assert torch.equal(direct, via_op)

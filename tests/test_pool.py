@@ -106,24 +106,15 @@ def test_pool_kernel_is_opt_in(monkeypatch):
 def test_modes_and_the_profiler_see_the_pool_op(monkeypatch):
     # Like the convs: the model calls the pool's body directly only in plain eager mode; a
     # TorchDispatchMode (or the profiler) sees resnet_fast::max_pool2d, which still runs Triton.
-    from torch.utils._python_dispatch import TorchDispatchMode
+    from helpers import record_ops
 
     from resnet_fast.kernels import pool
-
-    class Record(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.names = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.names.append(str(func))
-            return func(*args, **(kwargs or {}))
 
     monkeypatch.setenv("RESNET_FAST_TRITON_POOL", "1")
     model = resnet_fast.resnet18(num_classes=10).eval()
     with resnet_fast.use_backend("triton"), torch.no_grad():
         before = pool.launch_count
-        with Record() as rec:
+        with record_ops() as rec:
             model._stem_pool(model.maxpool, _input(torch.float32, 13, 11))
         assert [n for n in rec.names if "pool" in n] == ["resnet_fast.max_pool2d.default"]
         with torch.profiler.profile() as prof:
