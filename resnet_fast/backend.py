@@ -54,14 +54,22 @@ def interpreter_enabled() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-@functools.lru_cache(maxsize=None)
+_triton_available: Optional[bool] = None
+
+
 def triton_available() -> bool:
-    try:
-        import triton  # noqa: F401
-        import triton.language  # noqa: F401
-    except Exception:  # pragma: no cover - depends on the install
-        return False
-    return True
+    # Cached in a plain global, not functools.lru_cache: torch.compile traces through this call and
+    # warns about every lru_cache-wrapped function it meets.
+    global _triton_available
+    if _triton_available is None:
+        try:
+            import triton  # noqa: F401
+            import triton.language  # noqa: F401
+
+            _triton_available = True
+        except Exception:  # pragma: no cover - depends on the install
+            _triton_available = False
+    return _triton_available
 
 
 TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)

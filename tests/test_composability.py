@@ -200,3 +200,23 @@ def test_direct_eager_calls_equal_the_op_and_modes_still_see_the_op():
     assert torch.equal(direct, via_op)
     ref = float64_reference(model, x)
     assert rel_err(direct, ref) < 1e-4
+
+
+@pytest.mark.interpreter
+def test_compiled_resnext_block_on_the_triton_path(recwarn):
+    # torch.compile traces the fold inline: here the ResNeXt widening of narrow groups (the Triton
+    # path's weight layout) and the backend checks, which once warned about an lru_cache on every
+    # compile. The compiled block gives the eager bits.
+    import torchvision
+
+    torch._dynamo.reset()
+    torch.manual_seed(5)
+    model = resnet_fast.from_torchvision(randomize_bn(torchvision.models.resnext50_32x4d(), 4).eval())
+    block = model.layer1[1]
+    x = torch.randn(1, 256, 9, 7)
+    with resnet_fast.use_backend("triton"), torch.no_grad():
+        eager = block(x)
+        compiled = torch.compile(block)(x)
+    assert torch.equal(compiled, eager)
+    assert not [w for w in recwarn if "lru_cache" in str(w.message)]
+    assert rel_err(eager, float64_reference(block, x)) < 1e-5
