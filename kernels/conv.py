@@ -11,7 +11,10 @@ Two ways to walk K, picked per problem by a constexpr:
 * per-tap (``FLAT_K=False``): for each (kh, kw) a loop over input-channel blocks, halo masked once
   per tap; the 1x1 stride-1 case skips the pixel decomposition and reads A as a plain [M, C] matrix.
 * flat (``FLAT_K=True``): K walked as one index decomposed into (kh, kw, c): for few channels per
-  group (the 3-channel stem, ResNeXt's 4-channel groups) where a channel block would be mostly mask.
+  group, where a channel block would be mostly mask. The 3-channel stem takes its row walk (one K
+  step per kernel row) on a copy of x padded to 4 channels (``PAD_C``), so that a row's (kw, c) run
+  is one aligned vector load. (The model hands ResNeXt's 4-16-channel groups over widened to 32
+  channels, ``resnet_fast.fused.widen_groups``: the per-tap walk; the flat walk serves direct calls.)
 
 Epilogue (constexpr flags): + bias (fp32), + residual (channels_last), ReLU, cast to the output dtype.
 fp32 inputs use TF32 only where PyTorch lets cuDNN convolutions use it (``cudnn_conv_allows_tf32``).
