@@ -446,6 +446,17 @@ def early_residual(residual: bool, split_k: int, kh: int, kw: int, cg: int, elem
     return residual and split_k == 1 and kh * kw * cg <= 4 * 64 and element_size <= 2
 
 
+def walk_constexprs(kh: int, kw: int, cg: int, flat_k: bool, gemm_1x1: bool, pad_c: bool, residual: bool,
+                    split_k: int, element_size: int) -> dict:
+    """The kernel's K-walk and epilogue specialisation for one conv (the launcher's and
+    ``aot_compile``'s: the code compiled offline is the code a GPU runs)."""
+    return dict(
+        KH=kh, KW=kw, FLAT_K=flat_k, FLAT_CG=(_PADDED_CHANNELS if pad_c else cg) if flat_k else 1, PAD_C=pad_c,
+        EVEN_C=not flat_k and cg % _EVEN_C_BLOCK == 0, GEMM_1X1=gemm_1x1, HAS_RESIDUAL=residual,
+        EARLY_RESIDUAL=early_residual(residual, split_k, kh, kw, cg, element_size), SPLIT_K=split_k,
+    )
+
+
 def _pad_channels(x: torch.Tensor) -> torch.Tensor:
     """x [N, C, H, W] (any strides) as a dense channels_last [N, 4, H, W] tensor, channels C..3 zero."""
     n, c, h, w = x.shape
@@ -607,13 +618,9 @@ def conv2d_bias_act(
         stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
     )
     constexprs = dict(
-        KH=kh, KW=kw, FLAT_K=flat_k, FLAT_CG=(_PADDED_CHANNELS if pad_c else cg) if flat_k else 1, PAD_C=pad_c,
-        EVEN_C=not flat_k and cg % _EVEN_C_BLOCK == 0,
-        GEMM_1X1=gemm_1x1,
-        HAS_RESIDUAL=residual is not None, EARLY_RESIDUAL=early_residual(residual is not None, split_k, kh, kw, cg, x.element_size()),
+        walk_constexprs(kh, kw, cg, flat_k, gemm_1x1, pad_c, residual is not None, split_k, x.element_size()),
         RELU=relu, INPUT_PRECISION=precision,
         INDEX_64=index_64 if index_64 is not None else max(x.numel(), y.numel()) >= 2**31,
-        SPLIT_K=split_k,
     )
     # The autotuner's own key (its `key` list plus the tensors' dtypes). Once a key is tuned, launch
     # the kernel with its config directly: Autotuner.run rebuilds dicts over all 35 arguments on
@@ -732,10 +739,9 @@ def aot_compile(dtype: str, kernel: int, flat_k: bool, gemm_1x1: bool, residual:
                    sxn=h * w * cx, sxh=w * cx, sxw=cx,
                    swc=out_channels, swh=kernel * cg * out_channels, sww=cg * out_channels,
                    stride_h=1, stride_w=1, pad_h=kernel // 2, pad_w=kernel // 2, dil_h=1, dil_w=1)
-    constexprs = dict(KH=kernel, KW=kernel, FLAT_K=flat_k, FLAT_CG=(cx if pad_c else cg) if flat_k else 1, PAD_C=pad_c,
-                      EVEN_C=not flat_k and cg % _EVEN_C_BLOCK == 0, GEMM_1X1=gemm_1x1, HAS_RESIDUAL=residual,
-                      EARLY_RESIDUAL=early_residual(residual, split_k, kernel, kernel, cg, 4 if dtype == "fp32" else 2), RELU=relu,
-                      INPUT_PRECISION=precision, INDEX_64=index_64, SPLIT_K=split_k, **config.kwargs)
+    constexprs = dict(walk_constexprs(kernel, kernel, cg, flat_k, gemm_1x1, pad_c, residual, split_k,
+                                      4 if dtype == "fp32" else 2),
+                      RELU=relu, INPUT_PRECISION=precision, INDEX_64=index_64, **config.kwargs)
     signature, attrs = {}, {}
     for i, name in enumerate(jit_fn.arg_names):
         if name in constexprs:

@@ -11,15 +11,14 @@ Each program takes a block of output pixels x a block of channels; every window 
 """
 from __future__ import annotations
 
-import contextlib
-
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
 
-from resnet_fast.ops import nhwc_strides, pool_output_size
+from resnet_fast.kernels.conv import _on_the_tensors_device
+from resnet_fast.ops import _pair, nhwc_strides, pool_output_size
 
 # Counts launches, so tests can prove the kernel ran.
 launch_count = 0
@@ -59,10 +58,7 @@ def _max_pool2d_nhwc_kernel(
              mask=mask_p[:, None] & mask_c[None, :])
 
 
-def _pair(v) -> Sequence[int]:
-    return (v, v) if isinstance(v, int) else tuple(v)
-
-
+@_on_the_tensors_device
 def max_pool2d(x: torch.Tensor, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
                index_64: Optional[bool] = None) -> torch.Tensor:
     """``torch.nn.functional.max_pool2d`` for a 4-d tensor, the result dense channels_last.
@@ -92,10 +88,7 @@ def max_pool2d(x: torch.Tensor, kernel_size, stride=None, padding=0, dilation=1,
     grid = (triton.cdiv(n * oh * ow, block_p), triton.cdiv(c, block_c))
     if index_64 is None:
         index_64 = max(x.numel(), y.numel()) >= 2**31
-    # Triton launches on the current CUDA device: switch to x's.
-    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
-        _max_pool2d_nhwc_kernel[grid](x, y, n * oh * ow, h, w, c, oh, ow, KH=kh, KW=kw, SH=sh, SW=sw, PH=ph, PW=pw,
-                                      DH=dh, DW=dw, BLOCK_P=block_p, BLOCK_C=block_c, INDEX_64=index_64,
-                                      num_warps=4)
+    _max_pool2d_nhwc_kernel[grid](x, y, n * oh * ow, h, w, c, oh, ow, KH=kh, KW=kw, SH=sh, SW=sw, PH=ph, PW=pw,
+                                  DH=dh, DW=dw, BLOCK_P=block_p, BLOCK_C=block_c, INDEX_64=index_64, num_warps=4)
     launch_count += 1
     return y

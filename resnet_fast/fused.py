@@ -122,7 +122,7 @@ def widen_groups(weight: torch.Tensor, groups: int, width: int = GROUP_WIDTH) ->
     for j in range(gb):
         wide[:, j, :, j] = w[:, j]
     wide = wide.reshape(oc, gb * cg, kh, kw)
-    oc_last = weight.dim() == 4 and weight.stride(0) == 1 and oc > 1
+    oc_last = weight.stride(0) == 1 and oc > 1
     return (to_oc_last(wide) if oc_last else wide.contiguous(memory_format=torch.channels_last)), groups // gb
 
 
