@@ -69,6 +69,40 @@ def profile_forward(model, x, device: str, iters: int):
     return rows, wall_us, busy_us, sequence
 
 
+def graph_replay_ab(model, x, replays: int = 200) -> dict:
+    """CUDA graph replay time (us, GPU only: replays back to back between two events, best of 5
+    rounds) with split-K shares added inside the conv kernel (SERIAL_SPLIT, the default) and with the
+    separate reduce kernels (RESNET_FAST_SPLIT_K_REDUCE=kernel), in this process; also how many
+    kernels one forward launches each way."""
+    import resnet_fast
+    from resnet_fast.kernels import conv as triton_conv
+
+    out = {}
+    default = triton_conv.SERIAL_SPLIT_K
+    try:
+        for label, serial in (("serial", True), ("reduce_kernel", False)):
+            triton_conv.SERIAL_SPLIT_K = serial
+            run = resnet_fast.cuda_graph(model, x)  # warm-up (tuning the new variant) before capture
+            for _ in range(10):
+                run.graph.replay()
+            torch.cuda.synchronize()
+            best = float("inf")
+            for _ in range(5):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                for _ in range(replays // 5):
+                    run.graph.replay()
+                end.record()
+                end.synchronize()
+                best = min(best, start.elapsed_time(end) * 1e3 / (replays // 5))
+            _, _, _, sequence = profile_forward(model, x, "cuda", 1)
+            out[label] = {"replay_us": best, "kernels_per_forward": len(sequence)}
+            del run
+    finally:
+        triton_conv.SERIAL_SPLIT_K = default
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
@@ -81,6 +115,9 @@ def main(argv=None) -> int:
     p.add_argument("--top", type=int, default=25, help="rows per batch size in the markdown table")
     p.add_argument("--sequence-up-to", type=int, default=16,
                    help="list one forward's kernels in launch order for batch sizes up to this")
+    p.add_argument("--graph-ab-up-to", type=int, default=1,
+                   help="CUDA: for batch sizes up to this, time the CUDA graph replay with split-K shares "
+                        "added in the conv kernel and with separate reduce kernels (0: never)")
     p.add_argument("--json")
     p.add_argument("--markdown")
     args = p.parse_args(argv)
@@ -111,6 +148,14 @@ def main(argv=None) -> int:
                           + common.markdown_table(sequence, ["index", "name", "us"]) + "\n")
         what = "kernel time" if args.device == "cuda" else "top-level operator time"
         notes.append(f"- batch {batch}: wall {wall_us:.0f} us per forward (profiled), {what} {busy_us:.0f} us")
+        common.write_json(args.json, header, rows)  # saved before the A/B, which compiles a variant
+        if args.device == "cuda" and batch <= args.graph_ab_up_to:
+            ab = graph_replay_ab(model, x)
+            header["forwards"][str(batch)]["graph_replay"] = ab
+            notes.append(f"- batch {batch}, CUDA graph replay: {ab['serial']['replay_us']:.1f} us with split-K shares "
+                         f"added in the conv ({ab['serial']['kernels_per_forward']} kernels), "
+                         f"{ab['reduce_kernel']['replay_us']:.1f} us with reduce kernels "
+                         f"({ab['reduce_kernel']['kernels_per_forward']} kernels)")
         common.write_json(args.json, header, rows)
     heading = (f"profile_model: {args.model} eval, {header['device_name']}, {header['dtype']}, torch "
                f"{header['torch']}, triton {header['triton']}, {header['date']}")

@@ -45,6 +45,11 @@ SPECS = {
     "3x3_grouped_widened": ("bf16", 3, False, False, False, True, "tf32", 128, 128, 4),
     # batch 1 in layer4: M = 49, K split 8 ways (the 11th field), fp32 partials to a workspace
     "3x3_c512_batch1_split8": ("bf16", 3, False, False, True, True, "tf32", 512, 512, 1, 8),
+    # the same with the shares added by each tile's last program (SERIAL_SPLIT, the 12th field),
+    # and layer4's 2048->512 1x1 that way: what batch 1 runs by default
+    "3x3_c512_batch1_split8_serial": ("bf16", 3, False, False, True, True, "tf32", 512, 512, 1, 8, True),
+    "1x1_c2048_batch1_split8_serial": ("bf16", 1, False, True, False, True, "tf32", 2048, 512, 1, 8, True),
+    "1x1_c1024_batch1_split4_serial": ("bf16", 1, False, True, False, True, "tf32", 1024, 256, 1, 4, True),
     # fp32 with TF32 tensor cores: operands rounded to TF32 in registers (cvt.rna), 4-byte tiles
     "3x3_fp32_tf32": ("fp32", 3, False, False, False, True, "tf32", 256, 256, 1),
     "conv3_1x1_residual_fp32_tf32": ("fp32", 1, False, True, True, True, "tf32", 64, 256, 1),
@@ -81,7 +86,7 @@ def main_loop(sass: str):
 
 def report(spec, config, arch):
     kernel = K.aot_compile(*spec[:7], config=config, arch=arch, channels=spec[7], out_channels=spec[8], groups=spec[9],
-                           split_k=spec[10] if len(spec) > 10 else 1)
+                           split_k=spec[10] if len(spec) > 10 else 1, serial_split=len(spec) > 11 and spec[11])
     sass = _cuobjdump(kernel.asm["cubin"], "-sass")
     usage = _cuobjdump(kernel.asm["cubin"], "-res-usage")
     regs = re.search(r"REG:(\d+)", usage)
@@ -119,11 +124,12 @@ def main(argv=None) -> int:
     results = {}
     for name in names:
         spec = SPECS[name]
-        m_bucket = 64 if len(spec) > 10 else 1 << 20
+        # split specs: every config a split conv can get (M <= 4096 splits; 1024 is layer2 at batch 1)
+        m_bucket = 1024 if len(spec) > 10 else 1 << 20
         named = {"M_BUCKET": m_bucket, "OCg": spec[8] // spec[9], "Cg": spec[7] // spec[9],
                  "x_ptr": torch.empty(0, dtype=_DTYPES[spec[0]])}
-        configs = K._prune(K._configs(), named,
-                           FLAT_K=spec[2], KH=spec[1], KW=spec[1], HAS_RESIDUAL=spec[4])
+        configs = K._prune(K._configs(), named, FLAT_K=spec[2], KH=spec[1], KW=spec[1], HAS_RESIDUAL=spec[4],
+                           SERIAL_SPLIT=len(spec) > 11 and spec[11])
         rows = results[name] = [report(spec, cfg, args.arch) for cfg in configs]
         cols = list(rows[0])
         lines += [f"### {name} {spec}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]

@@ -17,6 +17,8 @@ Two ways to walk K, picked per problem by a constexpr:
   channels, ``resnet_fast.fused.widen_groups``: the per-tap walk; the flat walk serves direct calls.)
 
 Epilogue (constexpr flags): + bias (fp32), + residual (channels_last), ReLU, cast to the output dtype.
+Split K (small M, long K: batch 1): each program of a tile writes an fp32 partial; the tile's last
+program to finish (an arrival counter per tile) adds them in share order and applies the epilogue.
 fp32 inputs use TF32 only where PyTorch lets cuDNN convolutions use it (``cudnn_conv_allows_tf32``).
 """
 from __future__ import annotations
@@ -128,7 +130,8 @@ def _prune(configs, named_args, **kwargs):
         if bm == 16:
             return m <= 1024  # 16-row tiles only for tiny M
         if bm * bn > 128 * 128:
-            return not residual and not flat_k and k > 128
+            # (and not with SERIAL_SPLIT: its last program's reduction of two such tiles spills)
+            return not residual and not flat_k and k > 128 and not kwargs.get("SERIAL_SPLIT")
         if c.num_stages == 2:
             return k <= 256  # K of 1-4 steps: a deep pipeline only costs occupancy
         return flat_k or k > 128
@@ -175,7 +178,8 @@ def _tf32_operand(v, INPUT_PRECISION: tl.constexpr):
     configs=_configs(),
     # M_BUCKET (M rounded up to a power of two) instead of N, OH, OW: batch and image sizes that
     # land in the same bucket share one tuning run.
-    key=["M_BUCKET", "OCg", "Cg", "KH", "KW", "FLAT_K", "GEMM_1X1", "HAS_RESIDUAL", "SPLIT_K", "INPUT_PRECISION"],
+    key=["M_BUCKET", "OCg", "Cg", "KH", "KW", "FLAT_K", "GEMM_1X1", "HAS_RESIDUAL", "SPLIT_K", "SERIAL_SPLIT",
+         "INPUT_PRECISION"],
     prune_configs_by={"early_config_prune": _prune},
     **_BENCH_ARGS,
 )
@@ -184,7 +188,7 @@ def _tf32_operand(v, INPUT_PRECISION: tl.constexpr):
 # their divisibility lets the loads vectorise.
 @triton.jit(do_not_specialize=["N", "H", "W", "OH", "OW", "M_BUCKET", "stride_h", "stride_w", "pad_h", "pad_w", "dil_h", "dil_w"])
 def _conv2d_bias_act_kernel(
-    x_ptr, w_ptr, b_ptr, r_ptr, y_ptr,
+    x_ptr, w_ptr, b_ptr, r_ptr, y_ptr, ws_ptr, lock_ptr,
     N, H, W, OH, OW, OC, Cg, OCg, M_BUCKET,
     sxn, sxh, sxw,
     swc, swh, sww,
@@ -192,7 +196,7 @@ def _conv2d_bias_act_kernel(
     KH: tl.constexpr, KW: tl.constexpr,
     FLAT_K: tl.constexpr, FLAT_CG: tl.constexpr, PAD_C: tl.constexpr, EVEN_C: tl.constexpr, GEMM_1X1: tl.constexpr,
     HAS_RESIDUAL: tl.constexpr, EARLY_RESIDUAL: tl.constexpr, RELU: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-    INDEX_64: tl.constexpr, SPLIT_K: tl.constexpr,
+    INDEX_64: tl.constexpr, SPLIT_K: tl.constexpr, SERIAL_SPLIT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     # Unit strides are implied, not passed: x's channels and the weight's output channels are
@@ -223,8 +227,9 @@ def _conv2d_bias_act_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     # Split-K (small M, long K: batch 1 in layer3/4, where the output tiles alone cannot fill the
     # GPU): program_id(2) takes one contiguous share of the K steps and writes an fp32 partial sum to
-    # the workspace (y_ptr then points at it); _splitk_reduce_kernel adds the shares in a fixed
-    # order and applies the epilogue. SPLIT_K == 1 compiles to the plain single pass.
+    # the workspace ws_ptr [SPLIT_K, M, OC]. The shares are added in a fixed order (deterministic)
+    # and the epilogue applied either by the program of the tile that finishes last (SERIAL_SPLIT,
+    # see the epilogue) or by _splitk_reduce_kernel. SPLIT_K == 1 compiles to the plain single pass.
     # Few channels per group, where a kernel row's (kw, c) pairs fill half a K step or more (the
     # stem: 7 x 4 = 28 of 32, its 3 channels padded to 4): the row walk below.
     ROW_WALK: tl.constexpr = FLAT_K and KW * FLAT_CG <= BLOCK_K and (PAD_C or 2 * KW * FLAT_CG > BLOCK_K)
@@ -376,22 +381,51 @@ def _conv2d_bias_act_kernel(
                 cb -= next_tap * c_blocks
 
     # Epilogue
-    if SPLIT_K == 1:
-        acc += tl.load(b_ptr + oc, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    n_ok = mask_n
+    out_ok = y_mask
+    if SPLIT_K > 1:
+        # This program's share goes to its slice of the fp32 workspace.
+        share = tl.program_id(2)
+        if INDEX_64:
+            ws_stride = M.to(tl.int64) * OC
+        else:
+            ws_stride = M * OC
+        ws_tile = ws_ptr + y_offs
+        tl.store(ws_tile + share * ws_stride, acc, mask=y_mask)
+        if SERIAL_SPLIT:
+            # The program that finishes its tile's share last adds the shares and applies the epilogue
+            # (no second kernel: at batch 1, 22 launches fewer per ResNet-50 forward). Every thread's
+            # partial is stored before the barrier; one thread then counts the arrival with an
+            # acquire-release atomic at GPU scope, and Triton hands its result to the whole program
+            # through shared memory behind a second barrier: CUTLASS's serial split-K semaphore
+            # (PTX checked: st.global; bar.sync; @tid0 atom.global.gpu.acq_rel.add; bar.sync). The
+            # last program reads the other shares past L1 (.cg), resets the counter for the next
+            # launch (and the next CUDA graph replay), and adds in share order: the result is
+            # bit-identical to _splitk_reduce_kernel's. The others only mask their epilogue off.
+            tl.debug_barrier()
+            lock = lock_ptr + tl.program_id(1) * tl.num_programs(0) + pid
+            last = tl.atomic_add(lock, 1, sem="acq_rel", scope="gpu") == SPLIT_K - 1
+            # A loop, for 8 shares unrolled twice: two shares' tiles in flight at a time (4 L2 round
+            # trips, not 7; 207 registers for a 64x128 tile on sm_90). Fully unrolled, the compiler
+            # hoists every load: 255 registers and ~600 spilled words for 8 shares, ~20 for 4
+            # unrolled twice. This program's own share is read back too (an L2 hit) rather than
+            # kept live through the loop.
+            total = tl.load(ws_tile, mask=y_mask & last, other=0.0, cache_modifier=".cg")
+            for s in tl.range(1, SPLIT_K, loop_unroll_factor=2 if SPLIT_K > 4 else 1):
+                total += tl.load(ws_tile + s * ws_stride, mask=y_mask & last, other=0.0, cache_modifier=".cg")
+            tl.store(lock, 0, mask=last)
+            acc = total
+            n_ok = mask_n & last
+            out_ok = y_mask & last
+    if SPLIT_K == 1 or SERIAL_SPLIT:
+        acc += tl.load(b_ptr + oc, mask=n_ok, other=0.0).to(tl.float32)[None, :]
         if EARLY_RESIDUAL:
             acc += r_early.to(tl.float32)
         elif HAS_RESIDUAL:
-            acc += tl.load(r_ptr + y_offs, mask=y_mask, other=0.0).to(tl.float32)
+            acc += tl.load(r_ptr + y_offs, mask=out_ok, other=0.0).to(tl.float32)
         if RELU:
             acc = tl.where(acc < 0.0, 0.0, acc)  # NaN stays NaN, as in torch.relu (max would drop it)
-        tl.store(y_ptr + y_offs, acc.to(y_ptr.dtype.element_ty), mask=y_mask)
-    else:
-        # y_ptr is the fp32 workspace [SPLIT_K, M, OC]; this program's share goes to its slice.
-        if INDEX_64:
-            share = tl.program_id(2).to(tl.int64)
-        else:
-            share = tl.program_id(2)
-        tl.store(y_ptr + share * M * OC + y_offs, acc, mask=y_mask)
+        tl.store(y_ptr + y_offs, acc.to(y_ptr.dtype.element_ty), mask=out_ok)
 
 
 @triton.jit
@@ -447,13 +481,14 @@ def early_residual(residual: bool, split_k: int, kh: int, kw: int, cg: int, elem
 
 
 def walk_constexprs(kh: int, kw: int, cg: int, flat_k: bool, gemm_1x1: bool, pad_c: bool, residual: bool,
-                    split_k: int, element_size: int) -> dict:
+                    split_k: int, element_size: int, serial_split: bool = False) -> dict:
     """The kernel's K-walk and epilogue specialisation for one conv (the launcher's and
     ``aot_compile``'s: the code compiled offline is the code a GPU runs)."""
     return dict(
         KH=kh, KW=kw, FLAT_K=flat_k, FLAT_CG=(_PADDED_CHANNELS if pad_c else cg) if flat_k else 1, PAD_C=pad_c,
         EVEN_C=not flat_k and cg % _EVEN_C_BLOCK == 0, GEMM_1X1=gemm_1x1, HAS_RESIDUAL=residual,
         EARLY_RESIDUAL=early_residual(residual, split_k, kh, kw, cg, element_size), SPLIT_K=split_k,
+        SERIAL_SPLIT=split_k > 1 and serial_split,
     )
 
 
@@ -525,6 +560,36 @@ def tuning_state():
     return chosen, timings
 
 
+# How split-K shares are added up: "serial" (default) in the kernel itself, by the program of each
+# tile that finishes last (SERIAL_SPLIT); "kernel", by the separate _splitk_reduce_kernel.
+SERIAL_SPLIT_K = os.environ.get("RESNET_FAST_SPLIT_K_REDUCE", "serial") != "kernel"
+if os.environ.get("RESNET_FAST_SPLIT_K_REDUCE", "serial") not in ("serial", "kernel"):
+    raise ValueError("RESNET_FAST_SPLIT_K_REDUCE: expected serial or kernel, "
+                     f"got {os.environ['RESNET_FAST_SPLIT_K_REDUCE']!r}")
+# (device, stream) -> int32 arrival counters of SERIAL_SPLIT launches, all zero between launches.
+_stream_counters = {}
+
+
+def _split_counters(x: torch.Tensor, count: int) -> torch.Tensor:
+    """``count`` zeroed int32 counters for a SERIAL_SPLIT launch (each tile's last program puts its
+    own back to zero). Outside capture: one buffer per (device, stream), reused, since launches on a
+    stream run one after another. During CUDA graph capture: a slice the capture owns, from
+    resnet_fast.cuda_graph (no extra graph node), else a fresh zeroed buffer (one memset node), so
+    that graphs replayed concurrently on different streams never share counters."""
+    if _capturing(x):
+        from resnet_fast.graphs import capture_counters
+
+        arena = capture_counters()
+        taken = arena.take(count, x.device) if arena is not None else None
+        return taken if taken is not None else torch.zeros(count, dtype=torch.int32, device=x.device)
+    key = (x.device, torch.cuda.current_stream(x.device).cuda_stream if x.is_cuda else 0)
+    counters = _stream_counters.get(key)
+    if counters is None or counters.numel() < count:
+        counters = torch.zeros(max(count, 4096), dtype=torch.int32, device=x.device)
+        _stream_counters[key] = counters
+    return counters
+
+
 def _on_the_tensors_device(launcher):
     """Triton launches on the current CUDA device (and autotuning times there): switch to x's."""
     @functools.wraps(launcher)
@@ -551,13 +616,15 @@ def conv2d_bias_act(
     out: Optional[torch.Tensor] = None,
     index_64: Optional[bool] = None,
     split_k: Optional[int] = None,
+    serial_split: Optional[bool] = None,
 ) -> torch.Tensor:
     """Host launcher; shapes were checked by the op. Returns a channels_last tensor in x's dtype.
 
     ``out`` (tests) is the buffer to write, dense channels_last of the output shape. ``index_64``
     forces (True) or forbids (False) 64-bit offsets; by default they are used only where an
     activation has 2^31 elements or more. ``split_k`` forces a K split (tests); by default
-    ``choose_split_k`` decides.
+    ``choose_split_k`` decides. ``serial_split`` picks how the shares are added (tests): in the conv
+    kernel (True) or by a second kernel (False); by default ``SERIAL_SPLIT_K``.
     """
     global launch_count
     if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
@@ -602,31 +669,37 @@ def conv2d_bias_act(
     m = n * oh * ow
     if split_k is None:
         split_k = choose_split_k(m, ocg, groups, cg, kh, kw, flat_k, gemm_1x1, _sm_count(x.device))
-    workspace = None
+    serial = split_k > 1 and (SERIAL_SPLIT_K if serial_split is None else serial_split)
+    workspace = counters = None
     if split_k > 1:
         workspace = torch.empty((split_k, m, oc), dtype=torch.float32, device=x.device)
+    if serial:
+        # One counter per output tile: as many as the smallest tiles (16 x 16) make.
+        counters = _split_counters(x, triton.cdiv(m, 16) * triton.cdiv(ocg, 16) * groups)
 
     def grid(meta):
         return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(ocg, meta["BLOCK_N"]), groups, split_k)
 
     m_bucket = triton.next_power_of_2(m)
     args = (
-        x, weight, bias, residual if residual is not None else y, y if workspace is None else workspace,
+        x, weight, bias, residual if residual is not None else y, y,
+        y if workspace is None else workspace, bias if counters is None else counters,
         n, h, w, oh, ow, oc, cg, ocg, m_bucket,
         x.stride(0), x.stride(2), x.stride(3),
         weight.stride(1), weight.stride(2), weight.stride(3),
         stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
     )
     constexprs = dict(
-        walk_constexprs(kh, kw, cg, flat_k, gemm_1x1, pad_c, residual is not None, split_k, x.element_size()),
+        walk_constexprs(kh, kw, cg, flat_k, gemm_1x1, pad_c, residual is not None, split_k, x.element_size(),
+                        serial),
         RELU=relu, INPUT_PRECISION=precision,
-        INDEX_64=index_64 if index_64 is not None else max(x.numel(), y.numel()) >= 2**31,
+        INDEX_64=index_64 if index_64 is not None else max(x.numel(), y.numel(), split_k * m * oc) >= 2**31,
     )
     # The autotuner's own key (its `key` list plus the tensors' dtypes). Once a key is tuned, launch
     # the kernel with its config directly: Autotuner.run rebuilds dicts over all 35 arguments on
     # every call, Python overhead paid 53 times per ResNet-50 forward.
-    tuning_key = (m_bucket, ocg, cg, kh, kw, flat_k, gemm_1x1, residual is not None, split_k, precision, x.dtype,
-                  bias.dtype)
+    tuning_key = (m_bucket, ocg, cg, kh, kw, flat_k, gemm_1x1, residual is not None, split_k, serial, precision,
+                  x.dtype, bias.dtype)
     config_kwargs = _chosen_configs.get(tuning_key)
     if config_kwargs is None:
         if _capturing(x):
@@ -636,7 +709,8 @@ def conv2d_bias_act(
                 f"{kh}x{kw} kernel, {x.dtype}) is not tuned yet, and it cannot be tuned during CUDA graph "
                 "capture: run the model once on inputs of this shape before capturing (a warm-up "
                 "iteration, as torch.cuda.graph's documentation asks), or use resnet_fast.cuda_graph")
-        if workspace is None and residual is not None and residual.untyped_storage().data_ptr() == y.untyped_storage().data_ptr():
+        if ((workspace is None or serial) and residual is not None
+                and residual.untyped_storage().data_ptr() == y.untyped_storage().data_ptr()):
             # In place (out is the residual): tuning runs every candidate many times on these
             # arguments, and each run would add the residual again. Tune (and let the tuner's final
             # run write y) against a copy of it: one copy, on the first call of a layer shape only.
@@ -649,7 +723,7 @@ def conv2d_bias_act(
             _chosen_configs[tuning_key] = config.all_kwargs()
     else:
         _conv2d_bias_act_kernel.fn[grid](*args, **constexprs, **config_kwargs)
-    if workspace is not None:
+    if workspace is not None and not serial:
         total = m * oc
         block = 1024
         _splitk_reduce_kernel[(triton.cdiv(total, block),)](
@@ -717,7 +791,8 @@ def choose_split_k(m: int, ocg: int, groups: int, cg: int, kh: int, kw: int, fla
 
 def aot_compile(dtype: str, kernel: int, flat_k: bool, gemm_1x1: bool, residual: bool, relu: bool,
                 precision: str, config: triton.Config, arch: int = 90, channels: int = 64,
-                out_channels: int = 64, groups: int = 1, index_64: bool = False, split_k: int = 1):
+                out_channels: int = 64, groups: int = 1, index_64: bool = False, split_k: int = 1,
+                serial_split: bool = False):
     """Compile one specialisation for an NVIDIA target without a GPU (ptxas ships with Triton):
     the CPU-side check that the kernel still builds for real hardware, and what the SASS reports
     read (benchmarks/sass_report.py). Needs TRITON_INTERPRET unset.
@@ -740,14 +815,14 @@ def aot_compile(dtype: str, kernel: int, flat_k: bool, gemm_1x1: bool, residual:
                    swc=out_channels, swh=kernel * cg * out_channels, sww=cg * out_channels,
                    stride_h=1, stride_w=1, pad_h=kernel // 2, pad_w=kernel // 2, dil_h=1, dil_w=1)
     constexprs = dict(walk_constexprs(kernel, kernel, cg, flat_k, gemm_1x1, pad_c, residual, split_k,
-                                      4 if dtype == "fp32" else 2),
+                                      4 if dtype == "fp32" else 2, serial_split),
                       RELU=relu, INPUT_PRECISION=precision, INDEX_64=index_64, **config.kwargs)
     signature, attrs = {}, {}
     for i, name in enumerate(jit_fn.arg_names):
         if name in constexprs:
             signature[name] = "constexpr"
         elif name.endswith("_ptr"):
-            signature[name] = "*" + ("fp32" if name == "b_ptr" else dtype)
+            signature[name] = "*" + {"b_ptr": "fp32", "ws_ptr": "fp32", "lock_ptr": "i32"}.get(name, dtype)
             attrs[(i,)] = BaseBackend.parse_attr("D")
         else:
             value = example[name]

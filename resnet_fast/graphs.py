@@ -6,10 +6,40 @@ once and replays them with a single call.
 """
 from __future__ import annotations
 
+import threading
+from typing import Optional
+
 import torch
 from torch import nn
 
 from resnet_fast.fused import _CACHE_ATTR
+
+_capture_state = threading.local()
+
+
+class CaptureCounters:
+    """Zeroed int32 counters for the split-K convs one capture records (the Triton conv's
+    SERIAL_SPLIT arrival counters): each launch gets its own slice, which its kernel leaves at zero
+    for the next replay. Allocated before capture, kept alive with the graph, owned by it alone."""
+
+    def __init__(self, device: torch.device, size: int = 1 << 15):
+        self.buffer = torch.zeros(size, dtype=torch.int32, device=device)
+        self.used = 0
+
+    def take(self, count: int, device: torch.device) -> Optional[torch.Tensor]:
+        """``count`` counters, or None when this arena is used up or on another device. Slices start
+        16-byte aligned, like every buffer the launcher passes outside capture: Triton specialises
+        pointer alignment, and a misaligned one would mean a new compile during capture."""
+        start = self.used
+        if device != self.buffer.device or start + count > self.buffer.numel():
+            return None
+        self.used = start + -(-count // 4) * 4
+        return self.buffer[start:start + count]
+
+
+def capture_counters() -> Optional[CaptureCounters]:
+    """The counters of the cuda_graph capture running in this thread, if any."""
+    return getattr(_capture_state, "counters", None)
 
 
 def weights_state(model: nn.Module) -> list:
@@ -85,8 +115,14 @@ class CudaGraphModel:
                 self.model(self.static_input)
         torch.cuda.current_stream(self.device).wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.inference_mode(), torch.cuda.graph(self.graph):
-            self.static_output = self.model(self.static_input)
+        counters = CaptureCounters(self.device)
+        _capture_state.counters = counters
+        try:
+            with torch.inference_mode(), torch.cuda.graph(self.graph):
+                self.static_output = self.model(self.static_input)
+        finally:
+            _capture_state.counters = None
+        self._counters = counters  # the graph's kernels use (and zero again) its slices on every replay
         self._kept = _graph_tensors(self.model)
         self._captured_state = weights_state(self.model)
 

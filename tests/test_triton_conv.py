@@ -60,7 +60,7 @@ def _torch_same_dtype(x, weight, bias, res, conv_args, relu):
     return y.relu() if relu else y
 
 
-def _run_kernel(x, weight, bias, res, conv_args, relu, index_64=None, split_k=None):
+def _run_kernel(x, weight, bias, res, conv_args, relu, index_64=None, split_k=None, serial_split=None):
     from resnet_fast.kernels import conv as triton_conv
 
     s, p, d, g = conv_args
@@ -70,7 +70,7 @@ def _run_kernel(x, weight, bias, res, conv_args, relu, index_64=None, split_k=No
     ow = (w + 2 * p - d * (kw - 1) - 1) // s + 1
     out = torch.full((n, oh, ow, oc), float("nan"), dtype=x.dtype, device=x.device).permute(0, 3, 1, 2)  # poisoned
     y = triton_conv.conv2d_bias_act(x, to_oc_last(weight), bias, res, [s, s], [p, p], [d, d], g, relu, out=out,
-                                    index_64=index_64, split_k=split_k)
+                                    index_64=index_64, split_k=split_k, serial_split=serial_split)
     assert y.data_ptr() == out.data_ptr()
     return y
 
@@ -97,14 +97,69 @@ def test_kernel_64bit_offsets_path(shape):
 
 
 @pytest.mark.interpreter
+@pytest.mark.parametrize("serial", [True, False], ids=["serial", "reduce_kernel"])
 @pytest.mark.parametrize("shape", SHAPE_CLASSES, ids=[s[0] for s in SHAPE_CLASSES])
-def test_kernel_split_k(shape):
-    # K split in 3 shares (uneven: the last may be short or empty), partials reduced by the second
-    # kernel with bias, residual and ReLU; the same numbers as the single pass.
+def test_kernel_split_k(shape, serial):
+    # K split in 3 shares (uneven: the last may be short or empty), partials added with bias,
+    # residual and ReLU by the tile's last program or by the second kernel; the single pass's numbers.
     x, weight, bias, res, conv_args, ref = _case(shape, torch.float32, True, True, seed=17, n=1)
-    y = _run_kernel(x, weight, bias, res, conv_args, True, split_k=3)
+    y = _run_kernel(x, weight, bias, res, conv_args, True, split_k=3, serial_split=serial)
     assert not torch.isnan(y).any()
     assert rel_err(y, ref) < 1e-5
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("shape", [SHAPE_CLASSES[i] for i in (2, 8)], ids=lambda s: s[0])
+def test_serial_split_k_64bit_offsets(shape):
+    x, weight, bias, res, conv_args, ref = _case(shape, torch.float32, True, True, seed=37, n=1)
+    expected = _run_kernel(x, weight, bias, res, conv_args, True, split_k=3, serial_split=False)
+    y = _run_kernel(x, weight, bias, res, conv_args, True, split_k=3, serial_split=True, index_64=True)
+    assert torch.equal(y, expected) and rel_err(y, ref) < 1e-5
+
+
+@pytest.fixture
+def arrival_order(monkeypatch):
+    """Set the order in which the interpreter runs a launch's K shares (program_id(2)): it runs them
+    0, 1, ... for each tile, so the last to arrive would always be the last share. ``order(perm)``
+    makes the i-th share to run the one numbered perm(i, shares)."""
+    from triton.runtime import interpreter
+
+    builder = interpreter.interpreter_builder
+    real = type(builder).set_grid_idx
+
+    def order(perm):
+        def set_grid_idx(self, x, y, z):
+            real(self, x, y, perm(z, self.grid_dim[2]))
+
+        monkeypatch.setattr(type(builder), "set_grid_idx", set_grid_idx)
+
+    return order
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("order", ["in_order", "reversed", "rotated"])
+@pytest.mark.parametrize("shape", [SHAPE_CLASSES[i] for i in (0, 3, 5, 8, 10)], ids=lambda s: s[0])
+def test_serial_split_k_is_bit_identical_to_the_reduce_kernel(shape, order, dtype, arrival_order):
+    """Whichever share of a tile finishes last adds all of them in share order: the result is the
+    second kernel's, bit for bit, and every arrival counter is back at zero for the next launch."""
+    from resnet_fast.kernels import conv as triton_conv
+
+    x, weight, bias, res, conv_args, ref = _case(shape, dtype, True, True, seed=29, n=1)
+    expected = _run_kernel(x, weight, bias, res, conv_args, True, split_k=4, serial_split=False)
+    perms = {"in_order": lambda z, n: z, "reversed": lambda z, n: n - 1 - z, "rotated": lambda z, n: (z + 2) % n}
+    arrival_order(perms[order])
+    launched = []
+    real_reduce = triton_conv._splitk_reduce_kernel
+    try:
+        triton_conv._splitk_reduce_kernel = launched  # indexing a list with a grid fails: not launched
+        y = _run_kernel(x, weight, bias, res, conv_args, True, split_k=4, serial_split=True)
+    finally:
+        triton_conv._splitk_reduce_kernel = real_reduce
+    assert torch.equal(y, expected)
+    assert rel_err(y.double(), ref) < (1e-5 if dtype == torch.float32 else 1e-2)
+    counters = triton_conv._stream_counters[(x.device, 0)]
+    assert counters.numel() >= 4096 and not counters.any()
 
 
 @pytest.mark.interpreter
@@ -116,6 +171,18 @@ def test_split_k_in_place_epilogue():
     ptr = res.data_ptr()
     triton_conv.conv2d_bias_act(x, to_oc_last(weight), bias, res, [s, s], [p, p], [d, d], g, True, out=res, split_k=4)
     assert res.data_ptr() == ptr and rel_err(res, ref) < 1e-5
+
+
+def test_capture_counters_hand_out_disjoint_slices():
+    from resnet_fast.graphs import CaptureCounters
+
+    arena = CaptureCounters(torch.device("cpu"), size=100)
+    a, b = arena.take(57, torch.device("cpu")), arena.take(40, torch.device("cpu"))
+    assert a.numel() == 57 and b.numel() == 40 and b.data_ptr() == a.data_ptr() + 60 * 4  # 16-byte aligned
+    assert a.data_ptr() % 16 == 0 and b.data_ptr() % 16 == 0
+    assert not a.any() and not b.any()
+    assert arena.take(1, torch.device("cpu")) is None  # used up: the launcher falls back to torch.zeros
+    assert CaptureCounters(torch.device("cpu"), size=8).take(1, torch.device("meta")) is None
 
 
 def test_choose_split_k():
@@ -319,6 +386,106 @@ def test_gpu_relu_keeps_nan_like_torch(split_k):
     assert torch.equal(torch.isnan(y), torch.isnan(expected))
 
 
+# Batch-1 ResNet-50 convs that split (choose_split_k on 132 SMs): layer4 3x3 and 2048->512, layer3 3x3.
+_SPLIT_SHAPES = [("layer4_3x3", 512, 512, 3, 1, 1, 1, 1, 7), ("layer4_1x1", 2048, 512, 1, 1, 0, 1, 1, 7),
+                 ("layer3_3x3", 256, 256, 3, 1, 1, 1, 1, 14)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", _SPLIT_SHAPES, ids=lambda s: s[0])
+def test_gpu_serial_split_k_is_the_reduce_kernel_bit_for_bit_every_launch(shape):
+    """The inter-program handshake (partials stored, barrier, acq_rel atomic, last program adds) has
+    no CPU test: 64 launches queued back to back on one stream and 16 alternating between two
+    streams must each give the two-kernel result exactly, and leave every counter at zero."""
+    from resnet_fast.kernels import conv as triton_conv
+
+    hw = shape[-1]
+    x, weight, bias, res, conv_args, ref = _case(shape[:-1], torch.bfloat16, True, True, device="cuda", n=1, h=hw,
+                                                 w=hw, seed=41)
+    expected = _run_kernel(x, weight, bias, res, conv_args, True, split_k=8, serial_split=False)
+    outs = [_run_kernel(x, weight, bias, res, conv_args, True, split_k=8, serial_split=True) for _ in range(64)]
+    streams = [torch.cuda.Stream(), torch.cuda.Stream()]
+    for st in streams:
+        st.wait_stream(torch.cuda.current_stream())
+    for i in range(16):
+        with torch.cuda.stream(streams[i % 2]):
+            outs.append(_run_kernel(x, weight, bias, res, conv_args, True, split_k=8, serial_split=True))
+    for st in streams:
+        torch.cuda.current_stream().wait_stream(st)
+    torch.cuda.synchronize()
+    # In place (out is the residual, as the blocks' last conv runs): 16 launches over fresh copies.
+    s, p, d, g = conv_args
+    w_oc_last = to_oc_last(weight)
+    for _ in range(16):
+        into = res.clone()
+        triton_conv.conv2d_bias_act(x, w_oc_last, bias, into, [s, s], [p, p], [d, d], g, True, out=into, split_k=8,
+                                    serial_split=True)
+        outs.append(into)
+    torch.cuda.synchronize()
+    bad = [i for i, y in enumerate(outs) if not torch.equal(y, expected)]
+    assert not bad, f"launches {bad[:10]} differ from the reduce kernel's result"
+    for key, counters in triton_conv._stream_counters.items():
+        assert not counters.any(), key
+    assert rel_err(expected.double(), ref) < 1e-2
+
+
+@pytest.mark.gpu
+def test_gpu_serial_split_k_in_cuda_graphs():
+    """A capture by torch.cuda.graph gets zeroed counters of its own (a memset node, so this cannot
+    see a missing reset: the tests above and below do); two graphs replayed at the same time on two
+    streams must not share any."""
+    shape = _SPLIT_SHAPES[0]
+    x, weight, bias, res, conv_args, ref = _case(shape[:-1], torch.bfloat16, True, True, device="cuda", n=1, h=7,
+                                                 w=7, seed=43)
+    expected = _run_kernel(x, weight, bias, res, conv_args, True, split_k=8, serial_split=False)
+    _run_kernel(x, weight, bias, res, conv_args, True, split_k=8, serial_split=True)  # tuned before capture
+    graphs, outs = [], []
+    for _ in range(2):
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            outs.append(_run_kernel(x, weight, bias, res, conv_args, True, split_k=8, serial_split=True))
+        graphs.append(g)
+    streams = [torch.cuda.Stream(), torch.cuda.Stream()]
+    for rep in range(20):
+        for g, st in zip(graphs, streams):
+            st.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(st):
+                g.replay()
+        for st in streams:
+            torch.cuda.current_stream().wait_stream(st)
+        torch.cuda.synchronize()
+        assert all(torch.equal(y, expected) for y in outs), f"replay {rep}"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("arch", ["resnet50", "resnet18"])
+def test_gpu_cuda_graph_counters_are_its_own_and_stay_zero(arch):
+    """resnet_fast.cuda_graph hands each split conv a slice of counters it allocated before capture
+    (no memset node); two captured models replayed concurrently match eager, counters back at 0.
+    (resnet18 at batch 1 also splits convs whose output is written over the residual.)"""
+    torch.manual_seed(0)
+    model = randomize_bn(getattr(resnet_fast, arch)(), 1).eval().cuda().to(torch.bfloat16)
+    x = torch.randn(1, 3, 224, 224, device="cuda", dtype=torch.bfloat16)
+    with torch.inference_mode():
+        expected = model(x)
+    runs = [resnet_fast.cuda_graph(model, x), resnet_fast.cuda_graph(model, x)]
+    assert all(r._counters.used > 0 for r in runs)  # the split convs took slices (no memset nodes)
+    counters = [r._counters.buffer for r in runs]
+    streams = [torch.cuda.Stream(), torch.cuda.Stream()]
+    for _ in range(10):
+        for r, st in zip(runs, streams):
+            st.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(st):
+                r.static_input.copy_(x)
+                r.graph.replay()
+        for st in streams:
+            torch.cuda.current_stream().wait_stream(st)
+        torch.cuda.synchronize()
+        for r in runs:
+            assert rel_err(r.static_output, expected) < 1e-2
+    assert not any(c.any() for c in counters)
+
+
 @pytest.mark.interpreter
 @pytest.mark.parametrize("backend", ["triton", "torch"])
 def test_inplace_epilogue_op(backend):
@@ -434,8 +601,8 @@ def test_tf32_rule_follows_pytorch_new_and_legacy_flags():
 
 
 @pytest.mark.interpreter
-@pytest.mark.parametrize("split_k", [1, 2])
-def test_autotuning_an_in_place_epilogue_adds_the_residual_once(monkeypatch, split_k):
+@pytest.mark.parametrize("split_k,serial", [(1, False), (2, False), (2, True)])
+def test_autotuning_an_in_place_epilogue_adds_the_residual_once(monkeypatch, split_k, serial):
     """Autotuning runs every candidate config many times on the launch's own arguments. For the
     in-place epilogue (out is the residual) each run would add the residual again: the first forward
     of every new layer shape would be wrong. Real tuning (several configs, timed) on the CPU here."""
@@ -467,7 +634,7 @@ def test_autotuning_an_in_place_epilogue_adds_the_residual_once(monkeypatch, spl
     for call in range(2):  # the tuning call, then the direct launch of the chosen config
         out = res if call == 0 else res2
         triton_conv.conv2d_bias_act(x, to_oc_last(weight), bias, out, [s, s], [p, p], [d, d], g, True, out=out,
-                                    split_k=split_k)
+                                    split_k=split_k, serial_split=serial)
         assert out.data_ptr() == (ptr if call == 0 else out.data_ptr())
         assert rel_err(out, ref) < 1e-5, f"call {call}"
         if call == 0:
