@@ -9,7 +9,9 @@ Targets (DESIGN.md §5, issues 3-5), all ratios from one process:
 * the fused conv at least as fast as cuDNN conv + separate bias/add/ReLU on every ResNet-50 shape;
 * resnet50 eval bf16 batch 256: resnet_fast >= 2x torchvision eager channels_last;
 * resnet50 bf16 batch 1 through resnet_fast.cuda_graph under 0.6 ms;
-* the GPU tests all pass.
+* the GPU tests all pass;
+and that the timed outputs are right: every fused conv and every resnet_fast model row agrees with
+PyTorch's same-dtype result (a sanity bound, far looser than the tests').
 """
 from __future__ import annotations
 
@@ -19,6 +21,11 @@ import os
 import re
 import sys
 from typing import List, Optional, Tuple
+
+
+# bf16 against bf16: one conv rounds its output once (~2^-9 relative), a ResNet-50 ~50 times over.
+CONV_AGREEMENT = 0.02
+MODEL_AGREEMENT = 0.1
 
 
 def _load(path: str) -> Optional[dict]:
@@ -94,6 +101,24 @@ def evaluate(outdir: str) -> List[Tuple[str, str, str, str]]:
         out.append(("graph_latency", target, f"{graph['median_ms']:.3f} ms", "met" if graph["median_ms"] < 0.6 else "NOT met"))
     else:
         out.append(("graph_latency", target, "-", "not measured"))
+
+    # Sanity of the numbers above (the accuracy bounds are the GPU tests'): a kernel that is fast
+    # because it is wrong (a lost split-K share, a stale fold) is off by order 1, far above these.
+    target = f"fused convs agree with torch's bf16 conv (rel err < {CONV_AGREEMENT}, every shape)"
+    errs = [(r["max_rel_err"], r["shape"]) for r in conv if r.get("provider") == "resnet_fast fused" and r.get("max_rel_err") is not None]
+    if errs:
+        worst = max(errs)
+        out.append(("conv_agreement", target, f"worst {worst[0]:.2e} ({worst[1]})", "met" if worst[0] < CONV_AGREEMENT else "NOT met"))
+    else:
+        out.append(("conv_agreement", target, "-", "not measured"))
+    target = f"resnet_fast (eager and graph) agrees with torchvision (rel err < {MODEL_AGREEMENT}, every batch size)"
+    errs = [(r["max_rel_err_vs_torchvision"], f"{r['provider']} b{r['batch_size']}") for r in mrows
+            if r.get("provider", "").startswith("resnet_fast") and r.get("max_rel_err_vs_torchvision") is not None]
+    if errs:
+        worst = max(errs)
+        out.append(("model_agreement", target, f"worst {worst[0]:.2e} ({worst[1]})", "met" if worst[0] < MODEL_AGREEMENT else "NOT met"))
+    else:
+        out.append(("model_agreement", target, "-", "not measured"))
 
     target = "pytest -m gpu all pass"
     try:
