@@ -181,10 +181,14 @@ def bench_conv(args, rows, header, prog):
                     from resnet_fast.kernels import conv as triton_conv
 
                     triton_conv._conv2d_bias_act_kernel.configs_timings = None
+                    tma_before = dict(triton_conv._tma_choice)
                     err = common.rel_err(fn(0).float(), ref)  # the first call tunes (or reads the disk cache)
                     _, timings = triton_conv.tuning_state()
                     # Every config the autotuner timed for this shape: what to keep, what to add.
                     tuning = {"triton_config_ms": timings, "triton_best": min(timings, key=timings.get) if timings else None}
+                    # 1x1 convs: whether the TMA kernel was timed against the general one, and won.
+                    tma_new = [v for k, v in triton_conv._tma_choice.items() if k not in tma_before]
+                    tuning["tma_kernel"] = ("won" if any(tma_new) else "slower") if tma_new else None
                 else:
                     err = common.rel_err(fn(0).float(), ref)
                 t = common.time_fn(fn, args.device, args.iters, 3, args.budget)

@@ -87,6 +87,13 @@ def main_loop(sass: str):
 def report(spec, config, arch):
     kernel = K.aot_compile(*spec[:7], config=config, arch=arch, channels=spec[7], out_channels=spec[8], groups=spec[9],
                            split_k=spec[10] if len(spec) > 10 else 1, serial_split=len(spec) > 11 and spec[11])
+    return {"BLOCK": "x".join(str(config.kwargs[k]) for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K")),
+            "warps": config.num_warps, "stages": config.num_stages, **kernel_stats(kernel)}
+
+
+def kernel_stats(kernel) -> dict:
+    """What one compiled kernel's SASS says: shared memory, MMA and load instructions by kind, spills,
+    registers, the longest loop and the whole instruction count."""
     sass = _cuobjdump(kernel.asm["cubin"], "-sass")
     usage = _cuobjdump(kernel.asm["cubin"], "-res-usage")
     regs = re.search(r"REG:(\d+)", usage)
@@ -99,10 +106,9 @@ def report(spec, config, arch):
     wide = sum(n for op, n in ops.items() if op.startswith(("LDG", "LDGSTS")) and ".128" in op)
     loads = base["LDG"] + base["LDGSTS"]
     return {
-        "BLOCK": "x".join(str(config.kwargs[k]) for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K")),
-        "warps": config.num_warps, "stages": config.num_stages,
         "smem_KB": kernel.metadata.shared // 1024,
         "HGMMA": base["HGMMA"], "cvt.rna.tf32": kernel.asm["ptx"].count("cvt.rna.tf32"), "HMMA": base["HMMA"], "LDGSTS": base["LDGSTS"], "LDG": base["LDG"],
+        "UTMALDG": base["UTMALDG"], "UTMASTG": base["UTMASTG"],
         "128-bit loads": f"{wide}/{loads}", "LDL": base["LDL"], "STL": base["STL"],
         "regs": regs.group(1) if regs else "?", "stack": stack.group(1) if stack else "?",
         "loop_instrs": len(main_loop(sass)),

@@ -17,6 +17,8 @@ Two ways to walk K, picked per problem by a constexpr:
   channels, ``resnet_fast.fused.widen_groups``: the per-tap walk; the flat walk serves direct calls.)
 
 Epilogue (constexpr flags): + bias (fp32), + residual (channels_last), ReLU, cast to the output dtype.
+1x1 stride-1 convs on sm_90+ may run ``kernels/conv1x1_tma.py`` instead (TMA loads and stores), where it
+tuned faster for the layer shape.
 Split K (small M, long K: batch 1): each program of a tile writes an fp32 partial; the tile's last
 program to finish (an arrival counter per tile) adds them in share order and applies the epilogue.
 fp32 inputs use TF32 only where PyTorch lets cuDNN convolutions use it (``cudnn_conv_allows_tf32``).
@@ -34,6 +36,8 @@ import triton
 import triton.language as tl
 
 from resnet_fast.fused import to_oc_last
+from resnet_fast.kernels import conv1x1_tma
+from resnet_fast.kernels.tiles import grouped_tile
 from resnet_fast.ops import nhwc_strides
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -205,14 +209,7 @@ def _conv2d_bias_act_kernel(
     pid = tl.program_id(0)
     g = tl.program_id(1)
     M = N * OH * OW
-    # Grouped tile order: GROUP_M row-tiles share each weight column-tile while it is in L2.
-    num_pid_m = tl.cdiv(M, BLOCK_M)
-    num_pid_n = tl.cdiv(OCg, BLOCK_N)
-    pids_per_group = GROUP_M * num_pid_n
-    first_m = (pid // pids_per_group) * GROUP_M
-    group_rows = min(num_pid_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % pids_per_group) % group_rows
-    pid_n = (pid % pids_per_group) // group_rows
+    pid_m, pid_n = grouped_tile(pid, M, OCg, BLOCK_M, BLOCK_N, GROUP_M)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     if INDEX_64:
@@ -554,6 +551,11 @@ def tuning_state():
     median ms})``, the latter from the most recent tuning run (or its disk-cached timings)."""
     tuner = _conv2d_bias_act_kernel
     chosen = {str(key): config_name(c) for key, c in getattr(tuner, "cache", {}).items()}
+    # 1x1 layers where the TMA kernel was timed against the general one: which won.
+    for key, choice in _tma_choice.items():
+        chosen[f"tma {key}"] = ("TMA kernel " + config_name(triton.Config(
+            {k: v for k, v in choice.items() if k.startswith(("BLOCK", "GROUP"))}, num_warps=choice["num_warps"],
+            num_stages=choice["num_stages"]))) if choice else "general kernel (TMA slower)"
     timings = {}
     for c, t in (getattr(tuner, "configs_timings", None) or {}).items():
         timings[config_name(c)] = t[0] if isinstance(t, (list, tuple)) else t
@@ -617,6 +619,7 @@ def conv2d_bias_act(
     index_64: Optional[bool] = None,
     split_k: Optional[int] = None,
     serial_split: Optional[bool] = None,
+    tma: Optional[bool] = None,
 ) -> torch.Tensor:
     """Host launcher; shapes were checked by the op. Returns a channels_last tensor in x's dtype.
 
@@ -624,7 +627,8 @@ def conv2d_bias_act(
     forces (True) or forbids (False) 64-bit offsets; by default they are used only where an
     activation has 2^31 elements or more. ``split_k`` forces a K split (tests); by default
     ``choose_split_k`` decides. ``serial_split`` picks how the shares are added (tests): in the conv
-    kernel (True) or by a second kernel (False); by default ``SERIAL_SPLIT_K``.
+    kernel (True) or by a second kernel (False); by default ``SERIAL_SPLIT_K``. ``tma`` forces (True)
+    or forbids (False) the TMA kernel for 1x1 convs; by default it runs where it tuned faster.
     """
     global launch_count
     if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
@@ -700,8 +704,25 @@ def conv2d_bias_act(
     # every call, Python overhead paid 53 times per ResNet-50 forward.
     tuning_key = (m_bucket, ocg, cg, kh, kw, flat_k, gemm_1x1, residual is not None, split_k, serial, precision,
                   x.dtype, bias.dtype)
+    # The TMA kernel for 1x1 stride-1 convs (kernels/conv1x1_tma.py): forced (tma=True, tests),
+    # forbidden (False), or by default on a GPU that has it, tuned beside the general kernel on a
+    # layer shape's first call and kept only if faster there.
+    tma_possible = (split_k == 1 and gemm_1x1 and groups == 1 and conv1x1_tma.available(x)
+                    and conv1x1_tma.fits(x, weight, y, residual, groups, gemm_1x1))
+    if tma and not tma_possible:
+        raise ValueError("tma=True: this conv cannot take the TMA kernel (it needs a 1x1 stride-1 conv of one group, "
+                         "16-bit data with 16-byte-aligned rows, no K split, and an sm_90+ GPU or the interpreter)")
+    auto_tma = tma is None and tma_possible and m >= conv1x1_tma.MIN_M and not INTERPRET and _tma_auto
+    tma_choice = _tma_choice.get(tuning_key) if auto_tma else None
+    if tma_choice:
+        conv1x1_tma.launch(x, weight, bias, residual, y, relu, tma_choice)
+        launch_count += 1
+        return y
+    tma_config = _tma_forced.get(tuning_key) if tma else None
     config_kwargs = _chosen_configs.get(tuning_key)
-    if config_kwargs is None:
+    tuning = (config_kwargs is None) if not tma else tma_config is None
+    decide_tma = auto_tma and tma_choice is None
+    if tuning or decide_tma:
         if _capturing(x):
             # Tuning synchronises the device, which would invalidate the capture.
             raise RuntimeError(
@@ -714,15 +735,28 @@ def conv2d_bias_act(
             # In place (out is the residual): tuning runs every candidate many times on these
             # arguments, and each run would add the residual again. Tune (and let the tuner's final
             # run write y) against a copy of it: one copy, on the first call of a layer shape only.
-            args = args[:3] + (residual.clone(),) + args[4:]
+            residual = residual.clone()
+            args = args[:3] + (residual,) + args[4:]
+    if tma:
+        with _tuning_lock:
+            conv1x1_tma.launch(x, weight, bias, residual, y, relu, tma_config)
+            if tma_config is None:
+                _tma_forced[tuning_key] = conv1x1_tma.best_config()
+        launch_count += 1
+        return y
+    if config_kwargs is None:
         with _tuning_lock:  # best_config is the tuner's last pick: no other launch in between
             _precompile(args, constexprs, grid)
             _conv2d_bias_act_kernel[grid](*args, **constexprs)
             config = getattr(_conv2d_bias_act_kernel, "best_config", None)
         if config is not None:
-            _chosen_configs[tuning_key] = config.all_kwargs()
+            config_kwargs = _chosen_configs[tuning_key] = config.all_kwargs()
     else:
         _conv2d_bias_act_kernel.fn[grid](*args, **constexprs, **config_kwargs)
+    if decide_tma and config_kwargs is not None:
+        _tma_choice[tuning_key] = _decide_tma(
+            lambda: _conv2d_bias_act_kernel.fn[grid](*args, **constexprs, **config_kwargs),
+            x, weight, bias, residual, y, relu)
     if workspace is not None and not serial:
         total = m * oc
         block = 1024
@@ -732,6 +766,38 @@ def conv2d_bias_act(
         )
     launch_count += 1
     return y
+
+
+# tuning key -> the TMA kernel's config where it won against the general kernel, or False.
+_tma_choice = {}
+# tuning key -> the TMA kernel's tuned config, for launches that force it (tests).
+_tma_forced = {}
+# Off after a failure of the TMA kernel (it is an optimisation: the general kernel serves every conv).
+_tma_auto = os.environ.get("RESNET_FAST_AUTOTUNE", "1") != "0"
+
+
+def _decide_tma(general, x, weight, bias, residual, y, relu, bench=None):
+    """Tune the TMA kernel for this conv, time it against the general kernel's tuned launch
+    (``general``), and return its config if it is faster, else False. Both write y in full and
+    correctly (``residual`` is a copy where the launch is in place), so y holds the result either
+    way. Any failure turns the TMA kernel off for the process, with one warning."""
+    global _tma_auto
+    bench = bench or _quick_bench
+    try:
+        with _tuning_lock:
+            conv1x1_tma.launch(x, weight, bias, residual, y, relu)
+            config = conv1x1_tma.best_config()
+        t_tma = bench(lambda: conv1x1_tma.launch(x, weight, bias, residual, y, relu, config))
+        t_general = bench(general)
+    except Exception as e:  # noqa: BLE001 - an optimisation only: never break a launch
+        _tma_auto = False
+        import warnings
+
+        warnings.warn(f"resnet_fast: the TMA 1x1 conv kernel failed ({type(e).__name__}: {e}); using the general "
+                      "kernel for every conv")
+        general()  # y as the general kernel writes it
+        return False
+    return config if t_tma < t_general else False
 
 
 def _capturing(x: torch.Tensor) -> bool:

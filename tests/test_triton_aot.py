@@ -140,6 +140,37 @@ def test_kernel_compiles_for_sm90_other_dtypes():
     assert "COMPILED 7" in proc.stdout
 
 
+TMA = r"""
+import json, sys
+sys.path.insert(0, "benchmarks")
+import sass_report as S
+from resnet_fast.kernels import conv1x1_tma as T
+rows = [{"config": str(config), "residual": residual, **S.kernel_stats(T.aot_compile("bf16", config, residual))}
+        for config in T.tma_configs() for residual in (True, False)]
+print("ROWS" + json.dumps(rows))
+"""
+
+
+def _script_rows(script: str, timeout: int):
+    """Run a compile script in a fresh interpreter (TRITON_INTERPRET unset) and return its ROWS."""
+    pytest.importorskip("triton")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=_env(), timeout=timeout,
+                          cwd=ROOT)
+    _skip_without_ptxas(proc)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.split("ROWS", 1)[1])
+
+
+def test_tma_kernel_compiles_for_sm90_every_config():
+    # The 1x1 TMA kernel: tiles come in through the copy engine (UTMALDG, not cp.async), leave by a
+    # TMA store, feed warpgroup MMAs, and no config spills.
+    rows = _script_rows(TMA, 600)
+    assert len(rows) >= 10
+    for row in rows:
+        assert row["UTMALDG"] > 0 and row["UTMASTG"] > 0 and row["HGMMA"] > 0 and row["LDGSTS"] == 0, row
+        assert row["LDL"] == 0 and row["STL"] == 0, row
+
+
 UNTUNED = r"""
 import json, sys
 sys.path.insert(0, "benchmarks")
@@ -153,11 +184,7 @@ print("ROWS" + json.dumps(rows))
 def test_untuned_config_compiles_for_every_spec():
     # The GPU tests run every shape with one config (RESNET_FAST_AUTOTUNE=0), which the prune never
     # sees: its 64-wide K step takes the stem's padded row walk at 28 of 64 and the grouped walks.
-    pytest.importorskip("triton")
-    proc = subprocess.run([sys.executable, "-c", UNTUNED], capture_output=True, text=True, env=_env(), timeout=900, cwd=ROOT)
-    _skip_without_ptxas(proc)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    rows = json.loads(proc.stdout.split("ROWS", 1)[1])
+    rows = _script_rows(UNTUNED, 900)
     assert len(rows) >= 10 and "stem_7x7" in rows and "3x3_grouped_g32" in rows
     for name, row in rows.items():
         assert row["HGMMA"] > 0 and row["LDL"] == 0 and row["STL"] == 0, f"{name}: {row}"

@@ -60,7 +60,7 @@ def _torch_same_dtype(x, weight, bias, res, conv_args, relu):
     return y.relu() if relu else y
 
 
-def _run_kernel(x, weight, bias, res, conv_args, relu, index_64=None, split_k=None, serial_split=None):
+def _run_kernel(x, weight, bias, res, conv_args, relu, index_64=None, split_k=None, serial_split=None, tma=None):
     from resnet_fast.kernels import conv as triton_conv
 
     s, p, d, g = conv_args
@@ -70,7 +70,7 @@ def _run_kernel(x, weight, bias, res, conv_args, relu, index_64=None, split_k=No
     ow = (w + 2 * p - d * (kw - 1) - 1) // s + 1
     out = torch.full((n, oh, ow, oc), float("nan"), dtype=x.dtype, device=x.device).permute(0, 3, 1, 2)  # poisoned
     y = triton_conv.conv2d_bias_act(x, to_oc_last(weight), bias, res, [s, s], [p, p], [d, d], g, relu, out=out,
-                                    index_64=index_64, split_k=split_k, serial_split=serial_split)
+                                    index_64=index_64, split_k=split_k, serial_split=serial_split, tma=tma)
     assert y.data_ptr() == out.data_ptr()
     return y
 
@@ -210,6 +210,105 @@ def test_kernel_fp16_within_twice_torch_error(shape):
     assert rel_err(y, ref) <= 2 * torch_err, (rel_err(y, ref), torch_err)
 
 
+# 1x1 stride-1 shapes for the TMA kernel: tails in M, K (not a multiple of its 32-channel step, and
+# a K shorter than one step) and N, 16-byte rows in fp16 (channel counts multiples of 8).
+TMA_SHAPES = [("1x1_tails", 40, 48, 1, 1, 0, 1, 1), ("1x1_short_k", 24, 72, 1, 1, 0, 1, 1),
+              ("1x1_c64", 64, 40, 1, 1, 0, 1, 1)]
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("shape", TMA_SHAPES, ids=lambda s: s[0])
+@pytest.mark.parametrize("residual,relu", [(True, True), (False, True), (True, False), (False, False)])
+def test_tma_kernel_within_twice_torch_error(shape, residual, relu):
+    x, weight, bias, res, conv_args, ref = _case(shape, torch.float16, residual, relu, seed=47)
+    from resnet_fast.kernels import conv as triton_conv
+
+    before = triton_conv.launch_count
+    y = _run_kernel(x, weight, bias, res, conv_args, relu, tma=True)
+    assert triton_conv.launch_count == before + 1
+    assert not torch.isnan(y).any() and y.is_contiguous(memory_format=torch.channels_last)
+    torch_err = rel_err(_torch_same_dtype(x, weight, bias, res, conv_args, relu), ref)
+    assert rel_err(y, ref) <= 2 * torch_err, (rel_err(y, ref), torch_err)
+
+
+@pytest.mark.interpreter
+def test_tma_kernel_in_place_epilogue():
+    from resnet_fast.kernels import conv as triton_conv
+
+    x, weight, bias, res, conv_args, ref = _case(TMA_SHAPES[0], torch.float16, True, True, seed=53)
+    expected = _run_kernel(x, weight, bias, res, conv_args, True, tma=False)
+    ptr = res.data_ptr()
+    triton_conv.conv2d_bias_act(x, to_oc_last(weight), bias, res, [1, 1], [0, 0], [1, 1], 1, True, out=res, tma=True)
+    assert res.data_ptr() == ptr and rel_err(res.double(), expected.double()) < 2e-3
+
+
+def test_tma_kernel_takes_only_what_the_copy_engine_can_read():
+    from resnet_fast.kernels import conv1x1_tma as T
+
+    def case(c=64, oc=64, dtype=torch.float16, groups=1, gemm=True, offset=0):
+        x = torch.randn(1, c, 4, 4).to(dtype).contiguous(memory_format=torch.channels_last)
+        flat = torch.empty(oc * c + offset, dtype=dtype)
+        w = flat[offset:].view(c, oc).t()[:, :, None, None]  # output channels innermost, maybe misaligned
+        y = torch.empty(1, oc, 4, 4, dtype=dtype).contiguous(memory_format=torch.channels_last)
+        return T.fits(x, w, y, None, groups, gemm)
+
+    assert case() and case(dtype=torch.bfloat16) and case(c=24, oc=72)
+    assert not case(dtype=torch.float32)  # fp32 operands are rounded to TF32 in registers
+    assert not case(c=20)  # 40-byte rows: not a multiple of 16
+    assert not case(oc=36)
+    assert not case(groups=2) and not case(gemm=False)
+    assert not case(offset=1)  # base not 16-byte aligned
+
+
+@pytest.mark.interpreter
+def test_tma_forced_where_it_cannot_run_is_refused():
+    x, weight, bias, res, conv_args, ref = _case(SHAPE_CLASSES[2], torch.float16, False, True)  # a 3x3
+    with pytest.raises(ValueError, match="cannot take the TMA kernel"):
+        _run_kernel(x, weight, bias, res, conv_args, True, tma=True)
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("tma_ms,expect_tma", [(1.0, True), (3.0, False)])
+def test_decide_tma_keeps_the_faster_kernel(monkeypatch, tma_ms, expect_tma):
+    """The first call of a layer shape times the TMA kernel against the general one (on a GPU; here
+    with made-up timings) and keeps the TMA config only if it is faster; y is right either way."""
+    from resnet_fast.kernels import conv as triton_conv
+
+    x, weight, bias, res, conv_args, ref = _case(TMA_SHAPES[0], torch.float16, True, True, seed=59)
+    y = torch.full(res.shape, float("nan"), dtype=res.dtype).contiguous(memory_format=torch.channels_last)
+    w = to_oc_last(weight)
+    general_runs = []
+
+    def general():
+        general_runs.append(1)
+        triton_conv.conv2d_bias_act(x, w, bias, res, [1, 1], [0, 0], [1, 1], 1, True, out=y, tma=False)
+
+    timings = iter([tma_ms, 2.0])
+    choice = triton_conv._decide_tma(general, x, w, bias, res, y, True, bench=lambda fn: (fn(), next(timings))[1])
+    assert (choice is not False) == expect_tma
+    if expect_tma:
+        assert choice["BLOCK_M"] == 32  # the interpreter's one config
+    assert len(general_runs) == 1 and not torch.isnan(y).any()
+    torch_err = rel_err(_torch_same_dtype(x, weight, bias, res, conv_args, True), ref)
+    assert rel_err(y, ref) <= 2 * torch_err
+
+
+@pytest.mark.interpreter
+def test_decide_tma_falls_back_and_warns_when_the_kernel_fails(monkeypatch):
+    from resnet_fast.kernels import conv as triton_conv
+    from resnet_fast.kernels import conv1x1_tma
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no TMA here")
+
+    monkeypatch.setattr(conv1x1_tma, "launch", broken)
+    monkeypatch.setattr(triton_conv, "_tma_auto", True)
+    ran = []
+    with pytest.warns(UserWarning, match="TMA 1x1 conv kernel failed"):
+        assert triton_conv._decide_tma(lambda: ran.append(1), None, None, None, None, None, True) is False
+    assert ran == [1] and triton_conv._tma_auto is False
+
+
 @pytest.mark.interpreter
 def test_op_forced_triton_on_cpu_nchw_input_and_int64_offsets_path():
     x, weight, bias, res, conv_args, ref = _case(SHAPE_CLASSES[3], torch.float32, True, True, seed=5)
@@ -322,6 +421,49 @@ def test_gpu_every_resnet50_conv(dtype, batch):
             assert rel_err(y, rounded) < 1e-5, where
             torch_err = max(torch_err, rel_err(rounded, ref))
         assert rel_err(y, ref) <= 2 * torch_err + 1e-6, where
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_gpu_tma_kernel_every_resnet50_1x1(dtype):
+    """The TMA kernel forced on every 1x1 stride-1 conv of ResNet-50 at batch 64, with the residual
+    epilogue, in place as the blocks run it, and against PyTorch's own error."""
+    from resnet_fast.kernels import conv as triton_conv
+    from resnet_fast.kernels import conv1x1_tma
+
+    if not conv1x1_tma.available(torch.empty(0, device="cuda")):
+        pytest.skip("no TMA on this GPU / Triton")
+    for c, oc, k, s, p, hw in _resnet50_conv_shapes():
+        if k != 1 or s != 1:
+            continue
+        shape = ("r50", c, oc, 1, 1, 0, 1, 1)
+        x, weight, bias, res, conv_args, ref = _case(shape, dtype, True, True, device="cuda", n=64, h=hw, w=hw, seed=61)
+        torch_err = rel_err(_torch_same_dtype(x, weight, bias, res, conv_args, True), ref)
+        y = _run_kernel(x, weight, bias, res, conv_args, True, tma=True)
+        assert rel_err(y, ref) <= 2 * torch_err + 1e-6, ((c, oc, hw), rel_err(y, ref), torch_err)
+        triton_conv.conv2d_bias_act(x, to_oc_last(weight), bias, res, [1, 1], [0, 0], [1, 1], 1, True, out=res, tma=True)
+        assert torch.equal(res, y), (c, oc, hw)  # in place: the same numbers
+
+
+@pytest.mark.gpu
+def test_gpu_tma_auto_choice_gives_the_right_result(monkeypatch):
+    """The default path on a GPU: the first call of a big 1x1 layer tunes and times both kernels
+    (here with the suite's one config each), keeps the faster, and both calls are right."""
+    from resnet_fast.kernels import conv as triton_conv
+    from resnet_fast.kernels import conv1x1_tma
+
+    if not conv1x1_tma.available(torch.empty(0, device="cuda")):
+        pytest.skip("no TMA on this GPU / Triton")
+    monkeypatch.setattr(triton_conv, "_tma_auto", True)
+    monkeypatch.setattr(triton_conv, "_tma_choice", {})
+    shape = ("r50", 256, 64, 1, 1, 0, 1, 1)
+    x, weight, bias, res, conv_args, ref = _case(shape, torch.bfloat16, True, True, device="cuda", n=8, h=56, w=56, seed=67)
+    torch_err = rel_err(_torch_same_dtype(x, weight, bias, res, conv_args, True), ref)
+    for _ in range(2):
+        into = res.clone()
+        triton_conv.conv2d_bias_act(x, to_oc_last(weight), bias, into, [1, 1], [0, 0], [1, 1], 1, True, out=into)
+        assert rel_err(into, ref) <= 2 * torch_err + 1e-6
+    assert len(triton_conv._tma_choice) == 1
 
 
 @pytest.mark.gpu
