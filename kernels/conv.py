@@ -556,6 +556,8 @@ def tuning_state():
         chosen[f"tma {key}"] = ("TMA kernel " + config_name(triton.Config(
             {k: v for k, v in choice.items() if k.startswith(("BLOCK", "GROUP"))}, num_warps=choice["num_warps"],
             num_stages=choice["num_stages"]))) if choice else "general kernel (TMA slower)"
+    if _tma_failure:
+        chosen["tma failure"] = _tma_failure
     timings = {}
     for c, t in (getattr(tuner, "configs_timings", None) or {}).items():
         timings[config_name(c)] = t[0] if isinstance(t, (list, tuple)) else t
@@ -707,12 +709,13 @@ def conv2d_bias_act(
     # The TMA kernel for 1x1 stride-1 convs (kernels/conv1x1_tma.py): forced (tma=True, tests),
     # forbidden (False), or by default on a GPU that has it, tuned beside the general kernel on a
     # layer shape's first call and kept only if faster there.
-    tma_possible = (split_k == 1 and gemm_1x1 and groups == 1 and conv1x1_tma.available(x)
+    want_tma = tma if tma is not None else _tma_auto and m >= conv1x1_tma.MIN_M and not INTERPRET
+    tma_possible = (want_tma and split_k == 1 and gemm_1x1 and groups == 1 and conv1x1_tma.available(x)
                     and conv1x1_tma.fits(x, weight, y, residual, groups, gemm_1x1))
     if tma and not tma_possible:
         raise ValueError("tma=True: this conv cannot take the TMA kernel (it needs a 1x1 stride-1 conv of one group, "
                          "16-bit data with 16-byte-aligned rows, no K split, and an sm_90+ GPU or the interpreter)")
-    auto_tma = tma is None and tma_possible and m >= conv1x1_tma.MIN_M and not INTERPRET and _tma_auto
+    auto_tma = tma is None and tma_possible
     tma_choice = _tma_choice.get(tuning_key) if auto_tma else None
     if tma_choice:
         conv1x1_tma.launch(x, weight, bias, residual, y, relu, tma_choice)
@@ -772,16 +775,20 @@ def conv2d_bias_act(
 _tma_choice = {}
 # tuning key -> the TMA kernel's tuned config, for launches that force it (tests).
 _tma_forced = {}
-# Off after a failure of the TMA kernel (it is an optimisation: the general kernel serves every conv).
+# Off after a failure of the TMA kernel (it is an optimisation: the general kernel serves every conv),
+# and under RESNET_FAST_AUTOTUNE=0 (no timing runs).
 _tma_auto = os.environ.get("RESNET_FAST_AUTOTUNE", "1") != "0"
+_tma_failure: Optional[str] = None  # why it was turned off, for the benchmark reports
 
 
 def _decide_tma(general, x, weight, bias, residual, y, relu, bench=None):
     """Tune the TMA kernel for this conv, time it against the general kernel's tuned launch
     (``general``), and return its config if it is faster, else False. Both write y in full and
     correctly (``residual`` is a copy where the launch is in place), so y holds the result either
-    way. Any failure turns the TMA kernel off for the process, with one warning."""
-    global _tma_auto
+    way. A failure raised in Python (a compile or launch error) turns the TMA kernel off for the
+    process, with one warning; a device fault (an illegal address) cannot be caught this way, as it
+    leaves the CUDA context unusable for every kernel."""
+    global _tma_auto, _tma_failure
     bench = bench or _quick_bench
     try:
         with _tuning_lock:
@@ -791,6 +798,7 @@ def _decide_tma(general, x, weight, bias, residual, y, relu, bench=None):
         t_general = bench(general)
     except Exception as e:  # noqa: BLE001 - an optimisation only: never break a launch
         _tma_auto = False
+        _tma_failure = f"{type(e).__name__}: {e}"
         import warnings
 
         warnings.warn(f"resnet_fast: the TMA 1x1 conv kernel failed ({type(e).__name__}: {e}); using the general "

@@ -45,18 +45,31 @@ def _set_block_shapes(nargs) -> None:
     nargs["y_desc"].block_shape = [bm, bn]
 
 
+def _config(bm, bn, bk, warps, stages) -> triton.Config:
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=warps,
+                         num_stages=stages, pre_hook=_set_block_shapes)
+
+
+def hopper_tma_configs() -> List[triton.Config]:
+    """What the autotuner chooses from on a GPU. Checked with aot_compile (sm_90, Triton 3.6 and
+    3.8): UTMALDG + HGMMA, no spills, 90-176 registers. Two stages for short K (1-4 steps: more CTAs
+    per SM instead of a deep pipeline)."""
+    return [_config(*shape) for shape in [(128, 128, 64, 8, 3), (128, 128, 64, 8, 4), (128, 64, 64, 4, 4),
+                                          (64, 128, 64, 4, 4), (128, 256, 64, 8, 3), (128, 128, 64, 8, 2),
+                                          (128, 64, 64, 4, 2)]]
+
+
+def untuned_tma_config() -> triton.Config:
+    """The one config of RESNET_FAST_AUTOTUNE=0 (the GPU tests force this kernel with it)."""
+    return _config(128, 64, 64, 4, 3)
+
+
 def tma_configs() -> List[triton.Config]:
     if INTERPRET:
-        shapes = [(32, 32, 32, 4, 1)]
-    elif os.environ.get("RESNET_FAST_AUTOTUNE", "1") == "0":
-        shapes = [(128, 64, 64, 4, 3)]  # one config, no tuning (the GPU tests force this kernel)
-    else:
-        # Checked with aot_compile (sm_90, Triton 3.6 and 3.8): UTMALDG + HGMMA, no spills, 90-176
-        # registers. Two stages for short K (1-4 steps: more CTAs per SM instead of a deep pipeline).
-        shapes = [(128, 128, 64, 8, 3), (128, 128, 64, 8, 4), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4),
-                  (128, 256, 64, 8, 3), (128, 128, 64, 8, 2), (128, 64, 64, 4, 2)]
-    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=w, num_stages=s,
-                          pre_hook=_set_block_shapes) for bm, bn, bk, w, s in shapes]
+        return [_config(32, 32, 32, 4, 1)]
+    if os.environ.get("RESNET_FAST_AUTOTUNE", "1") == "0":
+        return [untuned_tma_config()]
+    return hopper_tma_configs()
 
 
 def _prune(configs, named_args, **kwargs):
@@ -79,13 +92,14 @@ def _quick_bench(fn, quantiles=None):
     return triton.testing.do_bench(fn, warmup=5, rep=20, quantiles=quantiles)
 
 
-# The general kernel's tuning settings: short timing runs, timings cached on disk.
-@triton.autotune(configs=tma_configs(), key=["M_BUCKET", "N", "K", "HAS_RESIDUAL"],
-                 prune_configs_by={"early_config_prune": _prune}, do_bench=_quick_bench,
-                 cache_results=os.environ.get("RESNET_FAST_AUTOTUNE_CACHE", "1") != "0")
+# Short timing runs, as the general kernel's. (No disk cache: Triton skips it for configs with a
+# pre-hook, so each process tunes this kernel again, ~10 ms per config and layer shape.) IS_BF16 is in
+# the key only: the descriptors' dtype is not a key the autotuner sees.
+@triton.autotune(configs=tma_configs(), key=["M_BUCKET", "N", "K", "HAS_RESIDUAL", "RELU", "IS_BF16"],
+                 prune_configs_by={"early_config_prune": _prune}, do_bench=_quick_bench)
 @triton.jit(do_not_specialize=["M", "M_BUCKET"])
 def _conv1x1_tma_kernel(a_desc, b_desc, r_desc, y_desc, b_ptr, M, N, K, M_BUCKET,
-                        HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr,
+                        HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr, IS_BF16: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
     off_m = pid_m * BLOCK_M
@@ -156,14 +170,14 @@ def launch(x, weight, bias, residual, y, relu: bool, config_kwargs: Optional[dic
     def grid(meta):
         return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(oc, meta["BLOCK_N"]),)
 
+    flags = dict(HAS_RESIDUAL=residual is not None, RELU=relu, IS_BF16=x.dtype == torch.bfloat16)
     if config_kwargs is None:
         a, b, r, out = descriptors(x, weight, y, residual)
-        _conv1x1_tma_kernel[grid](a, b, r, out, bias, m, oc, c, m_bucket, HAS_RESIDUAL=residual is not None, RELU=relu)
+        _conv1x1_tma_kernel[grid](a, b, r, out, bias, m, oc, c, m_bucket, **flags)
         return
     a, b, r, out = descriptors(x, weight, y, residual, config_kwargs["BLOCK_M"], config_kwargs["BLOCK_N"],
                                config_kwargs["BLOCK_K"])
-    _conv1x1_tma_kernel.fn[grid](a, b, r, out, bias, m, oc, c, m_bucket, HAS_RESIDUAL=residual is not None,
-                                 RELU=relu, **config_kwargs)
+    _conv1x1_tma_kernel.fn[grid](a, b, r, out, bias, m, oc, c, m_bucket, **flags, **config_kwargs)
 
 
 def aot_compile(dtype: str, config: triton.Config, residual: bool, relu: bool = True, arch: int = 90):
@@ -177,7 +191,7 @@ def aot_compile(dtype: str, config: triton.Config, residual: bool, relu: bool = 
     signature = {"a_desc": f"tensordesc<{dtype}[{bm},{bk}]>", "b_desc": f"tensordesc<{dtype}[{bk},{bn}]>",
                  "r_desc": f"tensordesc<{dtype}[{bm},{bn}]>", "y_desc": f"tensordesc<{dtype}[{bm},{bn}]>",
                  "b_ptr": "*fp32", "M": "i32", "N": "i32", "K": "i32", "M_BUCKET": "i32"}
-    constexprs = dict(HAS_RESIDUAL=residual, RELU=relu, **config.kwargs)
+    constexprs = dict(HAS_RESIDUAL=residual, RELU=relu, IS_BF16=dtype == "bf16", **config.kwargs)
     signature.update({name: "constexpr" for name in constexprs})
     src = ASTSource(fn=jit_fn, signature={name: signature[name] for name in jit_fn.arg_names},
                     constexprs={(jit_fn.arg_names.index(k),): v for k, v in constexprs.items()})

@@ -446,9 +446,13 @@ def test_gpu_tma_kernel_every_resnet50_1x1(dtype):
 
 
 @pytest.mark.gpu
-def test_gpu_tma_auto_choice_gives_the_right_result(monkeypatch):
-    """The default path on a GPU: the first call of a big 1x1 layer tunes and times both kernels
-    (here with the suite's one config each), keeps the faster, and both calls are right."""
+@pytest.mark.parametrize("tma_wins", [True, False])
+def test_gpu_tma_auto_choice_gives_the_right_result(monkeypatch, tma_wins):
+    """The default path on a GPU: the first call of a big 1x1 layer tunes both kernels, times them
+    (timings made up here, to force each outcome) and keeps the faster; later calls, eager and
+    captured in a CUDA graph, launch it directly. Every call is right, and nothing fails over."""
+    import warnings
+
     from resnet_fast.kernels import conv as triton_conv
     from resnet_fast.kernels import conv1x1_tma
 
@@ -456,14 +460,48 @@ def test_gpu_tma_auto_choice_gives_the_right_result(monkeypatch):
         pytest.skip("no TMA on this GPU / Triton")
     monkeypatch.setattr(triton_conv, "_tma_auto", True)
     monkeypatch.setattr(triton_conv, "_tma_choice", {})
+    timings = iter([1.0, 2.0] if tma_wins else [2.0, 1.0])  # _decide_tma times TMA first, then the general one
+    monkeypatch.setattr(triton_conv, "_quick_bench", lambda fn, quantiles=None: (fn(), next(timings))[1])
     shape = ("r50", 256, 64, 1, 1, 0, 1, 1)
     x, weight, bias, res, conv_args, ref = _case(shape, torch.bfloat16, True, True, device="cuda", n=8, h=56, w=56, seed=67)
     torch_err = rel_err(_torch_same_dtype(x, weight, bias, res, conv_args, True), ref)
-    for _ in range(2):
-        into = res.clone()
-        triton_conv.conv2d_bias_act(x, to_oc_last(weight), bias, into, [1, 1], [0, 0], [1, 1], 1, True, out=into)
+    w = to_oc_last(weight)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a TMA failure would warn and fall back: fail instead
+        for _ in range(2):
+            into = res.clone()
+            triton_conv.conv2d_bias_act(x, w, bias, into, [1, 1], [0, 0], [1, 1], 1, True, out=into)
+            assert rel_err(into, ref) <= 2 * torch_err + 1e-6
+    assert triton_conv._tma_auto and len(triton_conv._tma_choice) == 1
+    assert bool(next(iter(triton_conv._tma_choice.values()))) == tma_wins
+    into = res.clone()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        triton_conv.conv2d_bias_act(x, w, bias, into, [1, 1], [0, 0], [1, 1], 1, True, out=into)
+    for _ in range(3):
+        into.copy_(res)
+        graph.replay()
+        torch.cuda.synchronize()
         assert rel_err(into, ref) <= 2 * torch_err + 1e-6
-    assert len(triton_conv._tma_choice) == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("in_place", [False, True])
+def test_gpu_tma_kernel_every_tuned_config_with_tails(in_place):
+    """Each config the autotuner may pick, on a shape with tails in M, K and N (ResNet-50's channel
+    counts have none), so the copy engine's zero fill and store clipping run on the hardware."""
+    from resnet_fast.kernels import conv1x1_tma
+
+    if not conv1x1_tma.available(torch.empty(0, device="cuda")):
+        pytest.skip("no TMA on this GPU / Triton")
+    shape = ("tails", 72, 40, 1, 1, 0, 1, 1)
+    x, weight, bias, res, conv_args, ref = _case(shape, torch.bfloat16, True, True, device="cuda", n=3, h=29, w=31, seed=71)
+    torch_err = rel_err(_torch_same_dtype(x, weight, bias, res, conv_args, True), ref)
+    w = to_oc_last(weight)
+    for config in conv1x1_tma.hopper_tma_configs() + [conv1x1_tma.untuned_tma_config()]:
+        y = res.clone() if in_place else torch.full_like(res, float("nan"))
+        conv1x1_tma.launch(x, w, bias, y if in_place else res, y, True, config.all_kwargs())
+        assert rel_err(y, ref) <= 2 * torch_err + 1e-6, str(config)
 
 
 @pytest.mark.gpu
