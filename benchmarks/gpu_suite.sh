@@ -63,7 +63,7 @@ step device       10                    nvidia-smi --query-gpu=name,memory.total
 # the headline number survives if the step runs out of time.
 step model_bf16   "${T_MODEL_BF16:-90}" $PY benchmarks/bench_model.py --device cuda --models resnet50 --batch-sizes 256,1,16 --dtype bfloat16 --iters 30 --budget 3 --json "$OUT/model-bf16.json" --markdown "$OUT/model-bf16.md" --plot "$OUT/model-bf16.png"
 # Autotune timings and compiled kernels are on disk by now (Triton's cache): the per-conv step
-# re-times only what the model did not use.
+# re-times only what the model did not use (and the 1x1 TMA kernel, whose tuning Triton does not cache).
 step kernels      "${T_KERNELS:-70}"    $PY benchmarks/bench_kernels.py --device cuda --dtype bfloat16 --batch 256 --iters 20 --budget 2 --json "$OUT/kernels-bf16.json" --markdown "$OUT/kernels-bf16.md"
 # The GPU tests after the acceptance numbers (the model rows carry their own error against
 # torchvision). Correctness with one Triton config (RESNET_FAST_AUTOTUNE=0): no time spent compiling every config.
