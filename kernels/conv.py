@@ -541,9 +541,10 @@ _chosen_configs = {}
 _tuning_lock = threading.Lock()
 
 
-def config_name(config: triton.Config) -> str:
-    k = config.kwargs
-    return f"{k['BLOCK_M']}x{k['BLOCK_N']}x{k['BLOCK_K']} w{config.num_warps} s{config.num_stages}"
+def config_name(config) -> str:
+    """"128x64x64 w4 s3" for a triton.Config or its ``all_kwargs()`` dict."""
+    k = config.all_kwargs() if isinstance(config, triton.Config) else config
+    return f"{k['BLOCK_M']}x{k['BLOCK_N']}x{k['BLOCK_K']} w{k['num_warps']} s{k['num_stages']}"
 
 
 def tuning_state():
@@ -553,9 +554,7 @@ def tuning_state():
     chosen = {str(key): config_name(c) for key, c in getattr(tuner, "cache", {}).items()}
     # 1x1 layers where the TMA kernel was timed against the general one: which won.
     for key, choice in _tma_choice.items():
-        chosen[f"tma {key}"] = ("TMA kernel " + config_name(triton.Config(
-            {k: v for k, v in choice.items() if k.startswith(("BLOCK", "GROUP"))}, num_warps=choice["num_warps"],
-            num_stages=choice["num_stages"]))) if choice else "general kernel (TMA slower)"
+        chosen[f"tma {key}"] = "TMA kernel " + config_name(choice) if choice else "general kernel (TMA slower)"
     if _tma_failure:
         chosen["tma failure"] = _tma_failure
     timings = {}
@@ -566,10 +565,10 @@ def tuning_state():
 
 # How split-K shares are added up: "serial" (default) in the kernel itself, by the program of each
 # tile that finishes last (SERIAL_SPLIT); "kernel", by the separate _splitk_reduce_kernel.
-SERIAL_SPLIT_K = os.environ.get("RESNET_FAST_SPLIT_K_REDUCE", "serial") != "kernel"
-if os.environ.get("RESNET_FAST_SPLIT_K_REDUCE", "serial") not in ("serial", "kernel"):
-    raise ValueError("RESNET_FAST_SPLIT_K_REDUCE: expected serial or kernel, "
-                     f"got {os.environ['RESNET_FAST_SPLIT_K_REDUCE']!r}")
+_SPLIT_K_REDUCE = os.environ.get("RESNET_FAST_SPLIT_K_REDUCE", "serial")
+if _SPLIT_K_REDUCE not in ("serial", "kernel"):
+    raise ValueError(f"RESNET_FAST_SPLIT_K_REDUCE: expected serial or kernel, got {_SPLIT_K_REDUCE!r}")
+SERIAL_SPLIT_K = _SPLIT_K_REDUCE == "serial"
 # (device, stream) -> int32 arrival counters of SERIAL_SPLIT launches, all zero between launches.
 _stream_counters = {}
 
@@ -710,8 +709,8 @@ def conv2d_bias_act(
     # forbidden (False), or by default on a GPU that has it, tuned beside the general kernel on a
     # layer shape's first call and kept only if faster there.
     want_tma = tma if tma is not None else _tma_auto and m >= conv1x1_tma.MIN_M and not INTERPRET
-    tma_possible = (want_tma and split_k == 1 and gemm_1x1 and groups == 1 and conv1x1_tma.available(x)
-                    and conv1x1_tma.fits(x, weight, y, residual, groups, gemm_1x1))
+    tma_possible = (want_tma and split_k == 1 and conv1x1_tma.fits(x, weight, y, residual, groups, gemm_1x1)
+                    and conv1x1_tma.available(x))
     if tma and not tma_possible:
         raise ValueError("tma=True: this conv cannot take the TMA kernel (it needs a 1x1 stride-1 conv of one group, "
                          "16-bit data with 16-byte-aligned rows, no K split, and an sm_90+ GPU or the interpreter)")

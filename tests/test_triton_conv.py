@@ -571,6 +571,22 @@ _SPLIT_SHAPES = [("layer4_3x3", 512, 512, 3, 1, 1, 1, 1, 7), ("layer4_1x1", 2048
                  ("layer3_3x3", 256, 256, 3, 1, 1, 1, 1, 14)]
 
 
+def _on_two_streams(works):
+    """Run the callables alternately on two side streams (after the current stream's work, before
+    its next), wait for all of it, and return their results."""
+    streams = [torch.cuda.Stream(), torch.cuda.Stream()]
+    for st in streams:
+        st.wait_stream(torch.cuda.current_stream())
+    results = []
+    for i, work in enumerate(works):
+        with torch.cuda.stream(streams[i % 2]):
+            results.append(work())
+    for st in streams:
+        torch.cuda.current_stream().wait_stream(st)
+    torch.cuda.synchronize()
+    return results
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("shape", _SPLIT_SHAPES, ids=lambda s: s[0])
 def test_gpu_serial_split_k_is_the_reduce_kernel_bit_for_bit_every_launch(shape):
@@ -584,15 +600,8 @@ def test_gpu_serial_split_k_is_the_reduce_kernel_bit_for_bit_every_launch(shape)
                                                  w=hw, seed=41)
     expected = _run_kernel(x, weight, bias, res, conv_args, True, split_k=8, serial_split=False)
     outs = [_run_kernel(x, weight, bias, res, conv_args, True, split_k=8, serial_split=True) for _ in range(64)]
-    streams = [torch.cuda.Stream(), torch.cuda.Stream()]
-    for st in streams:
-        st.wait_stream(torch.cuda.current_stream())
-    for i in range(16):
-        with torch.cuda.stream(streams[i % 2]):
-            outs.append(_run_kernel(x, weight, bias, res, conv_args, True, split_k=8, serial_split=True))
-    for st in streams:
-        torch.cuda.current_stream().wait_stream(st)
-    torch.cuda.synchronize()
+    outs += _on_two_streams([lambda: _run_kernel(x, weight, bias, res, conv_args, True, split_k=8, serial_split=True)]
+                            * 16)
     # In place (out is the residual, as the blocks' last conv runs): 16 launches over fresh copies.
     s, p, d, g = conv_args
     w_oc_last = to_oc_last(weight)
@@ -625,15 +634,8 @@ def test_gpu_serial_split_k_in_cuda_graphs():
         with torch.cuda.graph(g):
             outs.append(_run_kernel(x, weight, bias, res, conv_args, True, split_k=8, serial_split=True))
         graphs.append(g)
-    streams = [torch.cuda.Stream(), torch.cuda.Stream()]
     for rep in range(20):
-        for g, st in zip(graphs, streams):
-            st.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(st):
-                g.replay()
-        for st in streams:
-            torch.cuda.current_stream().wait_stream(st)
-        torch.cuda.synchronize()
+        _on_two_streams([g.replay for g in graphs])
         assert all(torch.equal(y, expected) for y in outs), f"replay {rep}"
 
 
@@ -651,16 +653,8 @@ def test_gpu_cuda_graph_counters_are_its_own_and_stay_zero():
     runs = [resnet_fast.cuda_graph(model, x), resnet_fast.cuda_graph(model, x)]
     assert all(r._counters.used > 0 for r in runs)  # the split convs took slices (no memset nodes)
     counters = [r._counters.buffer for r in runs]
-    streams = [torch.cuda.Stream(), torch.cuda.Stream()]
     for _ in range(10):
-        for r, st in zip(runs, streams):
-            st.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(st):
-                r.static_input.copy_(x)
-                r.graph.replay()
-        for st in streams:
-            torch.cuda.current_stream().wait_stream(st)
-        torch.cuda.synchronize()
+        _on_two_streams([lambda r=r: (r.static_input.copy_(x), r.graph.replay()) for r in runs])
         for r in runs:
             assert rel_err(r.static_output, expected) < 1e-2
     assert not any(c.any() for c in counters)
