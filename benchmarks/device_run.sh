@@ -6,6 +6,7 @@
 #   run: bash benchmarks/device_run.sh            (timeout_s ~ 470: the suite caps itself at 400 s)
 #
 # Extra arguments go to gpu_suite.sh; step budgets through its environment variables.
+# Then, at once (the machine goes back after ~30 s idle), the second command: bash benchmarks/device_check.sh
 set -u
 : "${OUT:?set OUT to the folder the device tool brings back}"
 W=${SUITE_DIR:-/tmp/gpu_suite}

@@ -30,30 +30,7 @@ START=$(date +%s)
 
 DEADLINE=$(( $(date +%s) + ${SUITE_BUDGET:-400} ))
 
-step() {  # step NAME TIMEOUT_S COMMAND...   (the limit is also capped by what is left of SUITE_BUDGET)
-  local name=$1 limit=$2
-  shift 2
-  local left=$(( DEADLINE - $(date +%s) ))
-  [ "$DRY" = 0 ] && [ "$left" -lt "$limit" ] && limit=$left
-  if [ "$DRY" = 0 ] && [ "$limit" -le 5 ]; then
-    printf '%s	%s	%s	%s
-' "$name" "skipped (suite budget spent)" "0" "$*" >> "$STATUS"
-    return 0
-  fi
-  if [ "$DRY" = 1 ]; then
-    printf '%-14s %4ss  %s\n' "$name" "$limit" "$*"
-    printf '%s\t%s\t%s\t%s\n' "$name" "dry-run" "0" "$*" >> "$STATUS"
-    return 0
-  fi
-  local t0=$(date +%s)
-  echo "== $name (limit ${limit}s): $*"
-  timeout --kill-after=10 "$limit" "$@" > "$OUT/$name.log" 2>&1
-  local rc=$?
-  local dt=$(( $(date +%s) - t0 ))
-  tail -n 3 "$OUT/$name.log"
-  printf '%s\t%s\t%s\t%s\n' "$name" "$rc" "$dt" "$*" >> "$STATUS"
-  return 0
-}
+. "$ROOT/benchmarks/steps.sh"
 
 step install      "${T_INSTALL:-75}"    $PY -m pip install --no-deps --no-build-isolation -e .
 step extension    20                    $PY -c "import resnet_fast, torch; from resnet_fast import _extension; print('extension:', _extension.status()); print('cuda add_relu kernel:', _extension.has_cuda_kernels())"

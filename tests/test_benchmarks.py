@@ -164,3 +164,68 @@ def test_bench_kernels_conv_smoke(tmp_path):
     fused = [r for r in data["rows"] if r["provider"] == "resnet_fast fused"]
     assert len(fused) >= 15 and data["matmul_tflops"] > 0
     assert all(r["max_rel_err"] < 1e-4 and r["tflops"] > 0 for r in fused)
+
+
+def test_device_check_dry_run_lists_its_steps(tmp_path):
+    proc = subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "device_check.sh"), str(tmp_path / "out"), "--dry-run"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    steps = [line.split()[0] for line in proc.stdout.splitlines() if line and not line.startswith(("#", "|", "Total"))]
+    assert steps == ["install", "memcheck_convs", "ncu_b256", "memcheck_model", "racecheck"], proc.stdout
+    assert "--tool memcheck --report-api-errors no --error-exitcode 99" in proc.stdout and "--profile-from-start off" in proc.stdout
+    assert "| racecheck | dry-run |" in (tmp_path / "out" / "check-summary.md").read_text()
+
+
+def test_memcheck_workload_runs_every_section_in_the_interpreter():
+    """The workload device_check.sh runs under compute-sanitizer, on the CPU (Triton interpreter,
+    small cases): it must run, and its checks must pass, before a GPU session spends time on it."""
+    env = dict(os.environ, TRITON_INTERPRET="1", RESNET_FAST_BACKEND="triton")
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "memcheck_workload.py"), "--device", "cpu",
+                           "--quick", "--sections", "add_relu,convs,pool"], capture_output=True, text=True, timeout=600,
+                          env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert not [line for line in lines if line.startswith("FAIL")]
+    for case in ("add_relu_ torch.bfloat16 n=4097 offset=1", "conv 3x3 split 4 (in the kernel)", "conv 1x1 TMA kernel",
+                 "max_pool2d 13x11"):
+        assert any(line.startswith("ok") and case in line for line in lines), (case, proc.stdout[-3000:])
+    assert "memcheck_workload: 0 wrong results" in lines[-1]
+
+
+def test_memcheck_workload_reports_a_wrong_result():
+    """Its checks can fail: with the pool kernel made wrong (every output + 1) the run prints a FAIL
+    line and exits 1."""
+    program = "\n".join([
+        "import runpy, sys",
+        "import resnet_fast.kernels.pool as pool",
+        "real = pool.max_pool2d",
+        "pool.max_pool2d = lambda *a, **k: real(*a, **k).add_(1)",
+        "sys.argv = ['memcheck_workload.py', '--device', 'cpu', '--quick', '--sections', 'pool']",
+        f"runpy.run_path({os.path.join(ROOT, 'benchmarks', 'memcheck_workload.py')!r}, run_name='__main__')",
+    ])
+    env = dict(os.environ, TRITON_INTERPRET="1", RESNET_FAST_BACKEND="triton", PYTHONPATH=ROOT)
+    proc = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "FAIL max_pool2d 13x11" in proc.stdout and "memcheck_workload: 1 wrong results" in proc.stdout
+
+
+def test_ncu_summary_reads_the_details_csv(tmp_path):
+    csv_text = "\n".join([
+        "==PROF== Connected to process 1",
+        '"ID","Kernel Name","Grid Size","Block Size","Section Name","Metric Name","Metric Unit","Metric Value"',
+        '"0","_conv2d_bias_act_kernel","(392, 1, 1)","(128, 1, 1)","SOL","Duration","ns","1,500,000"',
+        '"0","_conv2d_bias_act_kernel","(392, 1, 1)","(128, 1, 1)","SOL","DRAM Throughput","%","71.5"',
+        '"0","_conv2d_bias_act_kernel","(392, 1, 1)","(128, 1, 1)","Launch","Registers Per Thread","register/thread","168"',
+        '"1","_max_pool2d_nhwc_kernel","(99, 1, 1)","(256, 1, 1)","SOL","Duration","ns","500,000"',
+        '"1","_max_pool2d_nhwc_kernel","(99, 1, 1)","(256, 1, 1)","Occupancy","Achieved Occupancy","%","88.2"',
+        '"1","_max_pool2d_nhwc_kernel","(99, 1, 1)","(256, 1, 1)","SOL","Elapsed Cycles","cycle","9"',
+    ]) + "\n"
+    (tmp_path / "n.csv").write_text(csv_text)
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "ncu_forward.py"), "--summarize",
+                           str(tmp_path / "n.csv"), "--markdown", str(tmp_path / "n.md")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    table = (tmp_path / "n.md").read_text()
+    assert table.startswith("2 kernels, 2000.0 us")
+    assert "| 0 | `_conv2d_bias_act_kernel` | (392, 1, 1) | 1500.0 | 75.0% | 72 | nan | 168 | nan |" in table
+    assert "| 1 | `_max_pool2d_nhwc_kernel` | (99, 1, 1) | 500.0 | 25.0% | nan | nan | nan | 88 |" in table

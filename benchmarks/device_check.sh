@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# The second command for a lent GPU machine, after device_run.sh on the same warm machine: what
+# the suite's timings and result checks cannot see.
+#   - compute-sanitizer memcheck over every kernel path (benchmarks/memcheck_workload.py): every
+#     Triton conv walk with every config the autotuner tries, split-K counters and workspace, the
+#     TMA kernel's tails, the extension's vector tails, the pool; then a ResNet-50 batch-1 forward
+#     and its CUDA graph. Each result is also checked against float64.
+#   - Nsight Compute on one tuned ResNet-50 bf16 batch-256 forward: per kernel, DRAM and SM
+#     throughput as % of peak, registers, occupancy (ncu-b256.md).
+#   - racecheck (shared-memory hazards) on the quick conv cases, last: informational.
+#
+#   run: bash benchmarks/device_check.sh            (timeout_s ~ 270: it caps itself at CHECK_BUDGET, 240 s)
+#   bash benchmarks/device_check.sh OUTDIR [--dry-run]
+#
+# Writes into OUTDIR (default $OUT, which the device tool brings back): one log per step,
+# ncu-b256.csv/.md, check-summary.md (printed last). Step budgets: T_INSTALL, T_MEMCHECK, T_NCU,
+# T_MEMCHECK_MODEL, T_RACECHECK. The device tool gives a machine back after ~30 s idle: issue this
+# right after device_run.sh returns, or it starts a fresh machine (minutes, and a cold Triton cache).
+set -u
+OUTDIR=${1:-${OUT:-}}
+[ "$OUTDIR" = "--dry-run" ] && OUTDIR=${OUT:-/tmp/device_check}
+[ -n "$OUTDIR" ] || { echo "usage: device_check.sh OUTDIR [--dry-run] (or set OUT)" >&2; exit 2; }
+DRY=0
+for a in "$@"; do [ "$a" = "--dry-run" ] && DRY=1; done
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT" || exit 1
+mkdir -p "$OUTDIR"
+OUT=$(cd "$OUTDIR" && pwd)
+PY=${PYTHON:-$(command -v python3 || command -v python)}
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1
+STATUS="$OUT/check-steps.tsv"
+: > "$STATUS"
+START=$(date +%s)
+DEADLINE=$(( START + ${CHECK_BUDGET:-240} ))
+. "$ROOT/benchmarks/steps.sh"
+
+find_tool() {  # on PATH, else where CUDA and Nsight Compute install it
+  command -v "$1" 2>/dev/null && return 0
+  ls -d /usr/local/cuda/bin/"$1" /usr/local/cuda-*/bin/"$1" /usr/local/cuda*/compute-sanitizer/"$1" \
+        /opt/nvidia/nsight-compute/*/"$1" 2>/dev/null | head -n 1
+}
+# Not found: the bare name, so the step fails with exit 127 and "No such file or directory" in its log.
+SAN=$(find_tool compute-sanitizer); SAN=${SAN:-compute-sanitizer}
+NCU=$(find_tool ncu); NCU=${NCU:-ncu}
+
+# On a fresh machine (the suite's one went back): build the extension first, as the suite does.
+if [ "$DRY" = 1 ] || ! ls "$ROOT"/resnet_fast/_C*.so > /dev/null 2>&1; then
+  step install "${T_INSTALL:-75}" $PY -m pip install --no-deps --no-build-isolation -e .
+fi
+
+WORKLOAD="$PY benchmarks/memcheck_workload.py --device cuda"
+# API errors off: CUDA libraries probe entry points (cuGetProcAddress) and count as errors otherwise;
+# every device-side finding still sets exit 99.
+MEMCHECK="$SAN --tool memcheck --report-api-errors no --error-exitcode 99 --print-limit 50"
+
+# Each tensor its own allocation (no caching allocator), so an access past a tensor's end is one
+# memcheck sees; autotuning on and its disk cache off, so every candidate config of each case runs.
+step memcheck_convs "${T_MEMCHECK:-120}" env PYTORCH_NO_CUDA_MEMORY_CACHING=1 RESNET_FAST_AUTOTUNE_CACHE=0 \
+  $MEMCHECK $WORKLOAD --sections add_relu,convs,pool
+# One forward after warm-up (tuned configs from the suite's Triton cache on a warm machine).
+step ncu_b256 "${T_NCU:-70}" $NCU --clock-control none --profile-from-start off --print-units base \
+  --section SpeedOfLight --section LaunchStats --section Occupancy --csv --page details \
+  --log-file "$OUT/ncu-b256.csv" $PY benchmarks/ncu_forward.py --batch 256 --dtype bfloat16
+# Graph capture needs the caching allocator; cudaMallocAsync keeps allocations separate for memcheck.
+step memcheck_model "${T_MEMCHECK_MODEL:-70}" env PYTORCH_CUDA_ALLOC_CONF=backend:cudaMallocAsync \
+  $MEMCHECK $WORKLOAD --sections model --graph
+step racecheck "${T_RACECHECK:-40}" env RESNET_FAST_AUTOTUNE=0 \
+  $SAN --tool racecheck --report-api-errors no --error-exitcode 99 --print-limit 20 $WORKLOAD --sections convs --quick
+
+{
+  echo "# device_check $( [ "$DRY" = 1 ] && echo '(dry run)' ) $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo
+  echo "Total: $(( $(date +%s) - START )) s at $(git rev-parse --short HEAD 2>/dev/null). compute-sanitizer: \`$SAN\`; ncu: \`$NCU\`"
+  echo
+  echo "| step | exit | seconds | command |"
+  echo "|---|---|---|---|"
+  while IFS=$'\t' read -r name rc dt cmd; do
+    echo "| $name | $rc | $dt | \`${cmd:0:140}\` |"
+  done < "$STATUS"
+  if [ "$DRY" = 0 ]; then
+    echo
+    echo "Exit 99: the sanitizer found errors; 1: a wrong result; 124/137: out of time; 127: tool missing."
+    echo
+    for s in memcheck_convs memcheck_model racecheck; do
+      [ -f "$OUT/$s.log" ] || continue
+      echo "### $s"
+      echo
+      echo '```'
+      grep -h -E "ERROR SUMMARY|RACECHECK SUMMARY|^FAIL|memcheck_workload:|^========= (Invalid|Program hit|Race|Error)" "$OUT/$s.log" | head -n 30
+      echo '```'
+      echo
+    done
+    if [ -s "$OUT/ncu-b256.csv" ]; then
+      echo "### Nsight Compute, resnet50 bf16 batch 256, one forward"
+      echo
+      $PY benchmarks/ncu_forward.py --summarize "$OUT/ncu-b256.csv" --markdown "$OUT/ncu-b256.md" 2>&1 | head -n 90
+    fi
+  fi
+} > "$OUT/check-summary.md"
+cat "$OUT/check-summary.md"

@@ -1,0 +1,27 @@
+# The time-bounded step runner shared by gpu_suite.sh and device_check.sh (sourced, not run).
+# Needs OUT (the log folder), STATUS (a TSV the summary reads), DEADLINE (epoch seconds: the whole
+# run's budget) and DRY (1: only list the steps).
+
+step() {  # step NAME TIMEOUT_S COMMAND...   (the limit is also capped by what is left before DEADLINE)
+  local name=$1 limit=$2
+  shift 2
+  local left=$(( DEADLINE - $(date +%s) ))
+  [ "$DRY" = 0 ] && [ "$left" -lt "$limit" ] && limit=$left
+  if [ "$DRY" = 0 ] && [ "$limit" -le 5 ]; then
+    printf '%s\t%s\t%s\t%s\n' "$name" "skipped (budget spent)" "0" "$*" >> "$STATUS"
+    return 0
+  fi
+  if [ "$DRY" = 1 ]; then
+    printf '%-14s %4ss  %s\n' "$name" "$limit" "$*"
+    printf '%s\t%s\t%s\t%s\n' "$name" "dry-run" "0" "$*" >> "$STATUS"
+    return 0
+  fi
+  local t0=$(date +%s)
+  echo "== $name (limit ${limit}s): $*"
+  timeout --kill-after=10 "$limit" "$@" > "$OUT/$name.log" 2>&1
+  local rc=$?
+  local dt=$(( $(date +%s) - t0 ))
+  tail -n 3 "$OUT/$name.log"
+  printf '%s\t%s\t%s\t%s\n' "$name" "$rc" "$dt" "$*" >> "$STATUS"
+  return 0
+}
