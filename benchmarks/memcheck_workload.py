@@ -61,7 +61,9 @@ from resnet_fast.fused import to_oc_last  # noqa: E402
 FAILURES = []
 
 
-def report(name: str, err: float, bound: float) -> None:
+def report(name: str, out: torch.Tensor, ref: torch.Tensor, bound: float) -> None:
+    """One check: ``out`` (on the device) against its float64 reference (built on the CPU)."""
+    err = common.rel_err(out.cpu(), ref.cpu())
     ok = err <= bound
     print(f"{'ok  ' if ok else 'FAIL'} {name}: rel err {err:.2e} (bound {bound:.0e})", flush=True)
     if not ok:
@@ -97,10 +99,9 @@ def section_add_relu(device: str, quick: bool) -> None:
                 a = torch.randn(n + offset, generator=gen).to(device=device, dtype=dtype)[offset:]
                 b = torch.randn(n + offset, generator=gen).to(device=device, dtype=dtype)[offset:]
                 ref = (a.double() + b.double()).relu()
-                report(f"add_relu {dtype} n={n} offset={offset}", common.rel_err(torch.ops.resnet_fast.add_relu(a, b), ref),
-                       _bound(dtype))
+                report(f"add_relu {dtype} n={n} offset={offset}", torch.ops.resnet_fast.add_relu(a, b), ref, _bound(dtype))
                 torch.ops.resnet_fast.add_relu_(a, b)
-                report(f"add_relu_ {dtype} n={n} offset={offset}", common.rel_err(a, ref), _bound(dtype))
+                report(f"add_relu_ {dtype} n={n} offset={offset}", a, ref, _bound(dtype))
         x = torch.randn(3, 13, 7, 9, generator=gen).to(device=device, dtype=dtype)
         for a_cl, b_cl in [(True, True), (True, False), (False, True)]:
             a = x.contiguous(memory_format=torch.channels_last) if a_cl else x.clone()
@@ -108,7 +109,7 @@ def section_add_relu(device: str, quick: bool) -> None:
             b = b.contiguous(memory_format=torch.channels_last) if b_cl else b
             ref = (a.double() + b.double()).relu()
             torch.ops.resnet_fast.add_relu_(a, b)
-            report(f"add_relu_ {dtype} 4-D channels_last a={a_cl} b={b_cl}", common.rel_err(a, ref), _bound(dtype))
+            report(f"add_relu_ {dtype} 4-D channels_last a={a_cl} b={b_cl}", a, ref, _bound(dtype))
     _sync(device)
 
 
@@ -157,14 +158,14 @@ def section_convs(device: str, quick: bool) -> None:
             x, w, b, res, ref = _conv_case(shape, oc, k, g, residual, s, p, d, dtype, device, seed=10 + i)
             conv_args = ([s, s], [p, p], [d, d], g)
             y = triton_conv.conv2d_bias_act(x, w, b, res, *conv_args, True)
-            report(f"conv {name} {dtype}", common.rel_err(y, ref), _bound(dtype))
+            report(f"conv {name} {dtype}", y, ref, _bound(dtype))
             if res is not None:  # in place, as the block's last conv runs it
                 into = res.clone()
                 triton_conv.conv2d_bias_act(x, w, b, into, *conv_args, True, out=into)
-                report(f"conv {name} {dtype} in place", common.rel_err(into, ref), _bound(dtype))
+                report(f"conv {name} {dtype} in place", into, ref, _bound(dtype))
             if not quick:
                 y = triton_conv.conv2d_bias_act(x, w, b, res, *conv_args, True, index_64=True)
-                report(f"conv {name} {dtype} 64-bit offsets", common.rel_err(y, ref), _bound(dtype))
+                report(f"conv {name} {dtype} 64-bit offsets", y, ref, _bound(dtype))
         # Split K, both ways of adding the shares, on a long-K case, with the residual in place.
         x, w, b, res, ref = _conv_case((1, 256, 7, 9), 96, 3, 1, True, 1, 1, 1, dtype, device, seed=40)
         for split in ([4] if quick else [2, 8]):
@@ -173,21 +174,21 @@ def section_convs(device: str, quick: bool) -> None:
                 triton_conv.conv2d_bias_act(x, w, b, into, [1, 1], [1, 1], [1, 1], 1, True, out=into,
                                             split_k=split, serial_split=serial)
                 how = "in the kernel" if serial else "reduce kernel"
-                report(f"conv 3x3 split {split} ({how}) {dtype} in place", common.rel_err(into, ref), _bound(dtype))
+                report(f"conv 3x3 split {split} ({how}) {dtype} in place", into, ref, _bound(dtype))
         # The TMA kernel for 1x1 convs, tails in M, K and N (zero fill and clipped stores).
         probe = torch.empty(0, device=device)
         if conv1x1_tma.available(probe):
             x, w, b, res, ref = _conv_case((3, 72, 29, 31), 40, 1, 1, True, 1, 0, 1, dtype, device, seed=50)
             y = triton_conv.conv2d_bias_act(x, w, b, res, [1, 1], [0, 0], [1, 1], 1, True, tma=True)
-            report(f"conv 1x1 TMA kernel {dtype}", common.rel_err(y, ref), _bound(dtype))
+            report(f"conv 1x1 TMA kernel {dtype}", y, ref, _bound(dtype))
             into = res.clone()
             triton_conv.conv2d_bias_act(x, w, b, into, [1, 1], [0, 0], [1, 1], 1, True, out=into, tma=True)
-            report(f"conv 1x1 TMA kernel {dtype} in place", common.rel_err(into, ref), _bound(dtype))
+            report(f"conv 1x1 TMA kernel {dtype} in place", into, ref, _bound(dtype))
             if device == "cuda" and not quick:
                 for config in conv1x1_tma.hopper_tma_configs():
                     y = torch.full_like(res, float("nan"))
                     conv1x1_tma.launch(x, w, b, res, y, True, config.all_kwargs())
-                    report(f"conv 1x1 TMA {triton_conv.config_name(config)} {dtype}", common.rel_err(y, ref), _bound(dtype))
+                    report(f"conv 1x1 TMA {triton_conv.config_name(config)} {dtype}", y, ref, _bound(dtype))
         else:
             print("skip TMA kernel: not available here")
     _sync(device)
@@ -201,7 +202,7 @@ def section_pool(device: str, quick: bool) -> None:
             x = x.contiguous(memory_format=torch.channels_last)
             y = torch.ops.resnet_fast.max_pool2d(x, [3, 3], [2, 2], [1, 1], [1, 1], False)
             ref = F.max_pool2d(x.double(), 3, 2, 1)
-            report(f"max_pool2d {h}x{w} {dtype}", common.rel_err(y, ref), 0.0)
+            report(f"max_pool2d {h}x{w} {dtype}", y, ref, 0.0)
     _sync(device)
 
 
@@ -221,11 +222,11 @@ def section_model(device: str, quick: bool, name: str, size: int, graph: bool) -
         with torch.no_grad():
             out = fast(xd)
             out = fast(xd)  # the tuned launch, after the first call's tuning
-        report(f"model {name} b1 {size}x{size} {dtype}", common.rel_err(out, ref), 0.1)
+        report(f"model {name} b1 {size}x{size} {dtype}", out, ref, 0.1)
         if graph and device == "cuda":
             replay = resnet_fast.cuda_graph(fast, xd)
             for i in range(2):
-                report(f"model {name} cuda_graph replay {i} {dtype}", common.rel_err(replay(xd), ref), 0.1)
+                report(f"model {name} cuda_graph replay {i} {dtype}", replay(xd), ref, 0.1)
     _sync(device)
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import collections
 import csv
+import io
 import os
 import sys
 
@@ -40,15 +41,20 @@ NCU_METRICS = {
 
 
 def _number(text: str) -> float:
-    return float(text.replace(",", "")) if text.strip() not in ("", "n/a") else float("nan")
+    try:
+        return float(text.replace(",", ""))
+    except ValueError:  # "n/a", "N/A", empty
+        return float("nan")
 
 
 def summarize(csv_path: str):
     """ncu's details CSV -> one dict per kernel launch, in launch order (durations in us)."""
     kernels = collections.OrderedDict()
     with open(csv_path, newline="") as f:
-        lines = [line for line in f if line.startswith('"')]  # ncu's own messages start with ==PROF==
-    for row in csv.DictReader(lines):
+        # ncu's own messages (==PROF==, ==WARNING==, ==ERROR==) share the file with the CSV; a
+        # quoted CSV field (a rule's description) may span lines, so the rest is parsed as one text.
+        text = "".join(line for line in f if not line.startswith("=="))
+    for row in csv.DictReader(io.StringIO(text)):
         metric = row.get("Metric Name")
         if metric not in NCU_METRICS:
             continue
@@ -64,7 +70,8 @@ def summarize(csv_path: str):
 
 def summary_markdown(rows) -> str:
     total = sum(r.get("us", 0.0) for r in rows)
-    out = [f"{len(rows)} kernels, {total:.1f} us of kernel time in all.", "",
+    out = [f"{len(rows)} kernels, {total:.1f} us of kernel time in all (each kernel replayed with flushed caches:"
+           " not comparable with the benchmarks' warm timings).", "",
            "| # | kernel | grid | us | share | DRAM % of peak | SM % of peak | regs | occupancy % |",
            "|---|---|---|---|---|---|---|---|---|"]
     for i, r in enumerate(rows):
@@ -92,7 +99,11 @@ def main() -> int:
     p.add_argument("--markdown", metavar="PATH", help="with --summarize: where the table goes (default: stdout)")
     args = p.parse_args()
     if args.summarize:
-        text = summary_markdown(summarize(args.summarize))
+        rows = summarize(args.summarize)
+        text = summary_markdown(rows)
+        if not rows:  # say why: ncu's own messages (a counter-permission error, a failed launch)
+            with open(args.summarize) as f:
+                text += "".join([line for line in f if line.startswith(("==ERROR==", "==WARNING=="))][:20])
         if args.markdown:
             with open(args.markdown, "w") as f:
                 f.write(text)

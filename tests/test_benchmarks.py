@@ -215,6 +215,8 @@ def test_ncu_summary_reads_the_details_csv(tmp_path):
         '"ID","Kernel Name","Grid Size","Block Size","Section Name","Metric Name","Metric Unit","Metric Value"',
         '"0","_conv2d_bias_act_kernel","(392, 1, 1)","(128, 1, 1)","SOL","Duration","ns","1,500,000"',
         '"0","_conv2d_bias_act_kernel","(392, 1, 1)","(128, 1, 1)","SOL","DRAM Throughput","%","71.5"',
+        '"0","_conv2d_bias_act_kernel","(392, 1, 1)","(128, 1, 1)","SOL","Rule","","a description\nover two lines"',
+        '"1","_max_pool2d_nhwc_kernel","(99, 1, 1)","(256, 1, 1)","SOL","Compute (SM) Throughput","%","N/A"',
         '"0","_conv2d_bias_act_kernel","(392, 1, 1)","(128, 1, 1)","Launch","Registers Per Thread","register/thread","168"',
         '"1","_max_pool2d_nhwc_kernel","(99, 1, 1)","(256, 1, 1)","SOL","Duration","ns","500,000"',
         '"1","_max_pool2d_nhwc_kernel","(99, 1, 1)","(256, 1, 1)","Occupancy","Achieved Occupancy","%","88.2"',
@@ -226,6 +228,14 @@ def test_ncu_summary_reads_the_details_csv(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     table = (tmp_path / "n.md").read_text()
-    assert table.startswith("2 kernels, 2000.0 us")
+    assert table.startswith("2 kernels, 2000.0 us of kernel time")
     assert "| 0 | `_conv2d_bias_act_kernel` | (392, 1, 1) | 1500.0 | 75.0% | 72 | nan | 168 | nan |" in table
     assert "| 1 | `_max_pool2d_nhwc_kernel` | (99, 1, 1) | 500.0 | 25.0% | nan | nan | nan | 88 |" in table
+
+
+def test_ncu_summary_says_why_there_are_no_kernels(tmp_path):
+    (tmp_path / "n.csv").write_text("==PROF== Connected to process 1\n==ERROR== ERR_NVGPUCTRPERM - no permission\n")
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "ncu_forward.py"), "--summarize",
+                           str(tmp_path / "n.csv")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("0 kernels") and "==ERROR== ERR_NVGPUCTRPERM" in proc.stdout
