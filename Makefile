@@ -18,7 +18,17 @@ CU_CHECKS := $(patsubst csrc/cuda/%.cu,build/cuda-check/%.o,$(CU_SOURCES))
 
 setup: $(STAMP)
 
+# A first install writes ~6 GB (torch and its CUDA libraries): say so up front rather than fail halfway.
+MIN_FREE_GB ?= 7
+
 $(STAMP): requirements.txt setup.py pyproject.toml $(EXT_SOURCES)
+	@if [ ! -x $(VPY) ]; then \
+		free=$$(df -Pk . | awk 'NR==2 {print int($$4 / 1048576)}'); \
+		if [ -n "$$free" ] && [ "$$free" -lt $(MIN_FREE_GB) ]; then \
+			echo "make setup: the virtual environment needs about $(MIN_FREE_GB) GB free on this disk (torch with its CUDA libraries is ~6 GB); $$free GB are free. Free some space, then run make again." >&2; \
+			exit 1; \
+		fi; \
+	fi
 	@test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q -r requirements.txt
 	$(VPY) -m pip install -q --no-deps --no-build-isolation -e .
