@@ -181,9 +181,10 @@ def _tf32_operand(v, INPUT_PRECISION: tl.constexpr):
 @triton.autotune(
     configs=_configs(),
     # M_BUCKET (M rounded up to a power of two) instead of N, OH, OW: batch and image sizes that
-    # land in the same bucket share one tuning run.
+    # land in the same bucket share one tuning run. Stride and dilation change the gather (layer2-4's
+    # first 3x3 has the same M, C and OC as the stride-1 ones after it), so they are keys too.
     key=["M_BUCKET", "OCg", "Cg", "KH", "KW", "FLAT_K", "GEMM_1X1", "HAS_RESIDUAL", "SPLIT_K", "SERIAL_SPLIT",
-         "INPUT_PRECISION"],
+         "INPUT_PRECISION", "stride_h", "stride_w", "dil_h", "dil_w"],
     prune_configs_by={"early_config_prune": _prune},
     **_BENCH_ARGS,
 )
@@ -704,7 +705,7 @@ def conv2d_bias_act(
     # the kernel with its config directly: Autotuner.run rebuilds dicts over all 35 arguments on
     # every call, Python overhead paid 53 times per ResNet-50 forward.
     tuning_key = (m_bucket, ocg, cg, kh, kw, flat_k, gemm_1x1, residual is not None, split_k, serial, precision,
-                  x.dtype, bias.dtype)
+                  tuple(stride), tuple(dilation), x.dtype, bias.dtype)
     # The TMA kernel for 1x1 stride-1 convs (kernels/conv1x1_tma.py): forced (tma=True, tests),
     # forbidden (False), or by default on a GPU that has it, tuned beside the general kernel on a
     # layer shape's first call and kept only if faster there.

@@ -891,3 +891,22 @@ def test_strided_bias_is_read_by_channel():
     spread[::2] = bias
     y = _run_kernel(x, weight, spread[::2], res, conv_args, True)
     assert rel_err(y, ref) < 1e-5
+
+
+@pytest.mark.interpreter
+def test_stride_and_dilation_are_tuned_apart(monkeypatch):
+    """A stride-2 3x3 and the stride-1 3x3s after it (layer2-4 of ResNet-50) have the same M, C and OC
+    but a different gather: each gets its own tuning, in the launcher's memo and the autotuner's key."""
+    from resnet_fast.kernels import conv as triton_conv
+
+    monkeypatch.setattr(triton_conv, "_chosen_configs", {})
+    assert {"stride_h", "stride_w", "dil_h", "dil_w"} <= set(triton_conv._conv2d_bias_act_kernel.keys)
+    cases = [  # (shape, h, w): each gives a 5x5 output of 16 channels from 16 channels
+        (("s2", 16, 16, 3, 2, 1, 1, 1), 10, 10),
+        (("s1", 16, 16, 3, 1, 1, 1, 1), 5, 5),
+        (("d2", 16, 16, 3, 1, 2, 2, 1), 5, 5),
+    ]
+    for i, (shape, h, w) in enumerate(cases):
+        x, weight, bias, res, conv_args, ref = _case(shape, torch.float32, False, True, n=1, h=h, w=w, seed=80 + i)
+        assert rel_err(_run_kernel(x, weight, bias, res, conv_args, True), ref) < 1e-5
+        assert len(triton_conv._chosen_configs) == i + 1, shape
