@@ -26,7 +26,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
 COLUMNS = ["provider", "model", "batch_size", "dtype", "median_ms", "p20_ms", "p80_ms", "images_per_s",
-           "speedup_vs_torchvision", "max_rel_err_vs_torchvision", "compile_s"]
+           "speedup_vs_torchvision", "max_rel_err_vs_torchvision", "compile_s", "sync_ms"]
+# CUDA, batch sizes up to this: also the latency of one call waited for alone (sync_ms).
+SYNC_LATENCY_UP_TO = 16
 
 
 def trained_like(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -111,6 +113,7 @@ def run(args) -> int:
     models = args.models.split(",")
     batches = [int(b) for b in args.batch_sizes.split(",")]
     iters, warmup = (5, 2) if args.quick else (args.iters, args.warmup)
+    skip = [n for n in args.skip_providers.split(",") if n]
     header = common.environment(device)
     header.update({"device": device, "dtype": args.dtype, "benchmark": "bench_model"})
     rows = []
@@ -126,6 +129,8 @@ def run(args) -> int:
             except Exception as e:  # noqa: BLE001 - one failed provider must not lose the whole run
                 print(f"\n{name} batch {batch}: could not build providers: {e}", file=sys.stderr)
                 continue
+            for skipped in skip:
+                providers.pop(skipped, None)
             base = None
             with torch.inference_mode():
                 reference = providers["torchvision"][0](pool[0]).float()
@@ -135,6 +140,9 @@ def run(args) -> int:
                         out = model(inputs[0])
                         err = common.rel_err(out.float(), reference)
                         timing = common.time_fn(lambda i: model(inputs[i % len(inputs)]), device, iters, warmup, args.budget)
+                        sync_ms = None
+                        if device == "cuda" and batch <= SYNC_LATENCY_UP_TO:
+                            sync_ms = common.sync_latency_ms(lambda i: model(inputs[i % len(inputs)]), iters)
                     except Exception as e:  # noqa: BLE001
                         print(f"\n{pname} {name} batch {batch} failed: {type(e).__name__}: {e}", file=sys.stderr)
                         continue
@@ -147,6 +155,7 @@ def run(args) -> int:
                         "speedup_vs_torchvision": base["median_ms"] / timing["median_ms"] if base else None,
                         "max_rel_err_vs_torchvision": err,
                         "compile_s": compile_s.get(pname),
+                        "sync_ms": sync_ms,
                     })
                     # Saved after every provider: a run stopped by a time limit keeps what it measured.
                     common.write_json(args.json, header, rows)
@@ -214,6 +223,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's default)")
     p.add_argument("--compile", action="store_true", help="add torch.compile (freezing) of torchvision")
     p.add_argument("--compile-mode", default=None, help="torch.compile mode (default: max-autotune on CUDA)")
+    p.add_argument("--skip-providers", default="", help="comma list of providers not to time (never torchvision: "
+                   "it is the reference and the baseline)")
     p.add_argument("--quick", action="store_true", help="few iterations: a smoke run")
     p.add_argument("--json")
     p.add_argument("--markdown")
@@ -224,6 +235,10 @@ def main(argv=None) -> int:
         p.error("--device cuda: no CUDA device here")
     args.batch_sizes = args.batch_sizes or ("1,16,256" if args.device == "cuda" else "16")
     args.dtype = args.dtype or ("bfloat16" if args.device == "cuda" else "float32")
+    known = {"torchvision_cl", "resnet_fast", "resnet_fast_torch_backend", "resnet_fast_graph", "torch_compile"}
+    bad = [n for n in args.skip_providers.split(",") if n and n not in known]
+    if bad:
+        p.error(f"--skip-providers: expected some of {', '.join(sorted(known))}, got {', '.join(bad)}")
     if args.auto_output:
         name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
         stem = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",

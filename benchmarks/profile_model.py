@@ -135,6 +135,19 @@ def main(argv=None) -> int:
     model = resnet_fast.__dict__[args.model]()
     model = trained_like(model).eval().to(device=args.device, dtype=dtype)
     rows, table_rows, notes, sequences = [], [], [], ""
+    heading = (f"profile_model: {args.model} eval, {header['device_name']}, {header['dtype']}, torch "
+               f"{header['torch']}, triton {header['triton']}, {header['date']}")
+
+    def save() -> str:
+        """JSON and markdown as they stand: after every batch size and every A/B, so that a step cut
+        short by its time limit keeps what it measured."""
+        common.write_json(args.json, header, rows)
+        text = common.write_markdown(args.markdown, heading, header, table_rows, COLUMNS, extra="\n".join(notes) + "\n\n")
+        if args.markdown and sequences:
+            with open(args.markdown, "a") as f:
+                f.write(sequences)
+        return text + sequences
+
     for batch in [int(b) for b in args.batch_sizes.split(",")]:
         x = torch.randn(batch, 3, args.size, args.size, device=args.device, dtype=dtype)
         batch_rows, wall_us, busy_us, sequence = profile_forward(model, x, args.device, args.iters)
@@ -148,22 +161,21 @@ def main(argv=None) -> int:
                           + common.markdown_table(sequence, ["index", "name", "us"]) + "\n")
         what = "kernel time" if args.device == "cuda" else "top-level operator time"
         notes.append(f"- batch {batch}: wall {wall_us:.0f} us per forward (profiled), {what} {busy_us:.0f} us")
-        common.write_json(args.json, header, rows)  # saved before the A/B, which compiles a variant
+        save()  # before the A/B, which compiles a variant
         if args.device == "cuda" and batch <= args.graph_ab_up_to:
-            ab = graph_replay_ab(model, x)
+            try:
+                ab = graph_replay_ab(model, x)
+            except Exception as e:  # noqa: BLE001 - the A/B is extra: the profile above stands without it
+                ab = {"error": f"{type(e).__name__}: {e}"}
+                notes.append(f"- batch {batch}, CUDA graph replay A/B failed: {ab['error']}")
+            else:
+                notes.append(f"- batch {batch}, CUDA graph replay: {ab['serial']['replay_us']:.1f} us with split-K "
+                             f"shares added in the conv ({ab['serial']['kernels_per_forward']} kernels), "
+                             f"{ab['reduce_kernel']['replay_us']:.1f} us with reduce kernels "
+                             f"({ab['reduce_kernel']['kernels_per_forward']} kernels)")
             header["forwards"][str(batch)]["graph_replay"] = ab
-            notes.append(f"- batch {batch}, CUDA graph replay: {ab['serial']['replay_us']:.1f} us with split-K shares "
-                         f"added in the conv ({ab['serial']['kernels_per_forward']} kernels), "
-                         f"{ab['reduce_kernel']['replay_us']:.1f} us with reduce kernels "
-                         f"({ab['reduce_kernel']['kernels_per_forward']} kernels)")
-        common.write_json(args.json, header, rows)
-    heading = (f"profile_model: {args.model} eval, {header['device_name']}, {header['dtype']}, torch "
-               f"{header['torch']}, triton {header['triton']}, {header['date']}")
-    text = common.write_markdown(args.markdown, heading, header, table_rows, COLUMNS, extra="\n".join(notes) + "\n\n")
-    if args.markdown and sequences:
-        with open(args.markdown, "a") as f:
-            f.write(sequences)
-    print(text + sequences)
+            save()
+    print(save())
     return 0
 
 

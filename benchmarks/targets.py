@@ -25,6 +25,9 @@ from typing import List, Optional, Tuple
 
 # bf16 against bf16: one conv rounds its output once (~2^-9 relative), a ResNet-50 ~50 times over.
 CONV_AGREEMENT = 0.02
+# Element-wise (max |out - ref| / max |ref|): output roundings of both sides stay near 1%; one wrong
+# tile (a lost split-K share, a bad edge) is order 0.1-1 here while it dilutes in the norm-wise error.
+CONV_MAX_ABS_AGREEMENT = 0.05
 MODEL_AGREEMENT = 0.1
 
 
@@ -43,37 +46,54 @@ def _row(rows, **match) -> Optional[dict]:
     return None
 
 
+def _verdict(ok: bool, done: int, planned: int) -> Tuple[str, str]:
+    """(coverage note, verdict) for an 'every shape' target: a failure is a failure however much ran;
+    a pass over part of the shapes is not a pass."""
+    note = "" if done >= planned else f" (partial: {done}/{planned})"
+    return note, ("NOT met" if not ok else "met" if done >= planned else "not measured")
+
+
 def evaluate(outdir: str) -> List[Tuple[str, str, str, str]]:
     """(id, target, measured, verdict) rows; verdict is 'met', 'NOT met' or 'not measured'."""
     out = []
     kernels = _load(os.path.join(outdir, "kernels-bf16.json"))
     model = _load(os.path.join(outdir, "model-bf16.json"))
+    planned = (kernels or {}).get("planned", {})
 
     target = "add_relu_ >= 90% of copy bandwidth (every ResNet-50 size)"
     rows = [r for r in (kernels or {}).get("rows", []) if r.get("provider") == "resnet_fast add_relu_"]
     if rows:
         worst = min(rows, key=lambda r: r["fraction_of_peak"])
+        note, verdict = _verdict(worst["fraction_of_peak"] >= 0.9, len(rows), planned.get("add_relu", len(rows)))
         out.append(("add_relu_bandwidth", target, f"worst {worst['fraction_of_peak']:.0%} ({worst['gbps']:.0f} GB/s at {worst['shape']}), "
-                            f"copy {kernels.get('copy_gbps', 0):.0f} GB/s", "met" if worst["fraction_of_peak"] >= 0.9 else "NOT met"))
+                            f"copy {kernels.get('copy_gbps', 0):.0f} GB/s{note}", verdict))
     else:
         out.append(("add_relu_bandwidth", target, "-", "not measured"))
 
     target = "fused conv >= cuDNN conv + separate epilogue (every ResNet-50 shape, bf16 b256)"
     conv = [r for r in (kernels or {}).get("rows", []) if r.get("kernel") == "conv2d_bias_act"]
     shapes = sorted({r["shape"] for r in conv})
-    ratios = []
+    ratios, missing = [], []
     for shape in shapes:
         fused = _row(conv, shape=shape, provider="resnet_fast fused")
         base = _row(conv, shape=shape, provider="torch conv + separate bias/add/relu")
         if fused and base:
             ratios.append((base["median_ms"] / fused["median_ms"], shape))
-    if ratios:
+        elif base:
+            missing.append(shape)  # the fused kernel raised on this shape (bench_kernels logs why)
+    if ratios or missing:
         met = sum(1 for r, _ in ratios if r >= 1.0)
-        worst = min(ratios)
-        total_fused = sum(_row(conv, shape=s, provider="resnet_fast fused")["median_ms"] for _, s in ratios)
-        total_base = sum(_row(conv, shape=s, provider="torch conv + separate bias/add/relu")["median_ms"] for _, s in ratios)
-        out.append(("conv_vs_unfused", target, f"{met}/{len(ratios)} shapes; worst {worst[0]:.2f}x ({worst[1]}); sum of shapes "
-                            f"{total_base / total_fused:.2f}x", "met" if met == len(ratios) else "NOT met"))
+        text = f"{met}/{len(ratios) + len(missing)} shapes"
+        if missing:
+            text += f"; fused kernel failed on {len(missing)} ({missing[0]})"
+        if ratios:
+            worst = min(ratios)
+            total_fused = sum(_row(conv, shape=s, provider="resnet_fast fused")["median_ms"] for _, s in ratios)
+            total_base = sum(_row(conv, shape=s, provider="torch conv + separate bias/add/relu")["median_ms"] for _, s in ratios)
+            text += f"; worst {worst[0]:.2f}x ({worst[1]}); sum of shapes {total_base / total_fused:.2f}x"
+        done = len(ratios) + len(missing)
+        note, verdict = _verdict(met == len(ratios) and not missing, done, planned.get("conv_shapes", done))
+        out.append(("conv_vs_unfused", target, text + note, verdict))
     else:
         out.append(("conv_vs_unfused", target, "-", "not measured"))
 
@@ -95,20 +115,36 @@ def evaluate(outdir: str) -> List[Tuple[str, str, str, str]]:
     else:
         out.append(("model_2x", target, "-", "not measured"))
 
-    target = "resnet50 bf16 b1 via cuda_graph < 0.6 ms"
+    target = "resnet50 bf16 b1 via cuda_graph < 0.6 ms (one call waited for alone, where measured)"
     graph = _row(mrows, provider="resnet_fast_graph", batch_size=1, model="resnet50")
     if graph:
-        out.append(("graph_latency", target, f"{graph['median_ms']:.3f} ms", "met" if graph["median_ms"] < 0.6 else "NOT met"))
+        # sync_ms: call to result, synchronised before and after (the latency a caller sees, CPU side
+        # included); median_ms: per replay with calls queued back to back (the GPU's share).
+        sync = graph.get("sync_ms")
+        latency = sync if sync is not None else graph["median_ms"]
+        text = (f"{sync:.3f} ms called alone, {graph['median_ms']:.3f} ms per queued replay" if sync is not None
+                else f"{graph['median_ms']:.3f} ms")
+        out.append(("graph_latency", target, text, "met" if latency < 0.6 else "NOT met"))
     else:
         out.append(("graph_latency", target, "-", "not measured"))
 
     # Sanity of the numbers above (the accuracy bounds are the GPU tests'): a kernel that is fast
     # because it is wrong (a lost split-K share, a stale fold) is off by order 1, far above these.
-    target = f"fused convs agree with torch's bf16 conv (rel err < {CONV_AGREEMENT}, every shape)"
-    errs = [(r["max_rel_err"], r["shape"]) for r in conv if r.get("provider") == "resnet_fast fused" and r.get("max_rel_err") is not None]
-    if errs:
-        worst = max(errs)
-        out.append(("conv_agreement", target, f"worst {worst[0]:.2e} ({worst[1]})", "met" if worst[0] < CONV_AGREEMENT else "NOT met"))
+    target = (f"fused convs agree with torch's bf16 conv (norm-wise rel err < {CONV_AGREEMENT}, element-wise "
+              f"< {CONV_MAX_ABS_AGREEMENT} of the largest output, every shape)")
+    fused_rows = [r for r in conv if r.get("provider") == "resnet_fast fused" and r.get("max_rel_err") is not None]
+    if fused_rows:
+        worst = max(fused_rows, key=lambda r: r["max_rel_err"])
+        text = f"norm-wise worst {worst['max_rel_err']:.2e} ({worst['shape']})"
+        ok = worst["max_rel_err"] < CONV_AGREEMENT
+        with_abs = [r for r in fused_rows if r.get("max_abs_err") is not None]
+        if with_abs:
+            worst_abs = max(with_abs, key=lambda r: r["max_abs_err"])
+            text += f"; element-wise worst {worst_abs['max_abs_err']:.2e} ({worst_abs['shape']})"
+            ok = ok and worst_abs["max_abs_err"] < CONV_MAX_ABS_AGREEMENT
+        done = len({r["shape"] for r in fused_rows})
+        note, verdict = _verdict(ok, done, planned.get("conv_shapes", done))
+        out.append(("conv_agreement", target, text + note, verdict))
     else:
         out.append(("conv_agreement", target, "-", "not measured"))
     target = f"resnet_fast (eager and graph) agrees with torchvision (rel err < {MODEL_AGREEMENT}, every batch size)"
