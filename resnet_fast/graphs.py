@@ -83,10 +83,10 @@ class CudaGraphModel:
 
     Calling it copies the input into the captured buffer and replays the graph. The returned tensor
     is the graph's own output buffer: the next call overwrites it (``.clone()`` to keep it).
-    Weights are checked before each replay (``weights_state``: ~85 µs for ResNet-50 on a slow CPU
-    core, overlapping the previous replay); after an edit, an optimizer step, ``load_state_dict``,
-    ``.to()`` or a replaced submodule the graph is captured again, so a replay never uses stale
-    folds. ``check_weights=False`` skips the check for frozen models (the graph still keeps the
+    Weights are checked on every call (``weights_state``: ~85 µs for ResNet-50 on a slow CPU core,
+    done while the GPU replays); after an edit, an optimizer step, ``load_state_dict``, ``.to()`` or
+    a replaced submodule the graph is captured again and replayed again, so no call returns an
+    output computed from stale folds. ``check_weights=False`` skips the check for frozen models (the graph still keeps the
     tensors it reads alive, so a skipped check gives stale results, never freed memory).
     """
 
@@ -135,11 +135,17 @@ class CudaGraphModel:
                 f"cuda_graph: captured for input {self.shape} {self.dtype} on {self.device}, got {got}; "
                 "capture another graph for other shapes"
             )
-        if self.check_weights and weights_state(self.model) != self._captured_state:
-            # Capture records the kernels without running them: replay below computes the output.
-            self._capture(x)
         self.static_input.copy_(x)
         self.graph.replay()
+        # The weights are checked while the GPU replays, so a caller waiting for the result does
+        # not pay for the check on top of the replay. If something changed, that replay read the
+        # old weights and folds (kept alive by the graph: valid memory, stale values): capture again
+        # and replay again, which overwrites its output.
+        if self.check_weights and weights_state(self.model) != self._captured_state:
+            torch.cuda.current_stream(self.device).synchronize()  # the stale replay ends before its graph goes
+            self._capture(x)  # capture records the kernels without running them: replay below computes
+            self.static_input.copy_(x)
+            self.graph.replay()
         return self.static_output
 
 
