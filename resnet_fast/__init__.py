@@ -30,7 +30,7 @@ _map_kernels_package()
 from . import ops  # noqa: E402  (registers the torch ops)
 from .backend import get_backend, set_backend, use_backend  # noqa: E402
 from .convert import from_torchvision  # noqa: E402
-from .fused import fold_bn  # noqa: E402
+from .fused import clear_folds, fold_bn  # noqa: E402
 from .graphs import cuda_graph  # noqa: E402
 from .resnet import (  # noqa: E402
     BasicBlock,
@@ -71,6 +71,7 @@ __all__ = [
     "ResNet152",
     "from_torchvision",
     "fold_bn",
+    "clear_folds",
     "cuda_graph",
     "get_backend",
     "set_backend",

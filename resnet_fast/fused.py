@@ -158,12 +158,15 @@ def _signature(conv: nn.Conv2d, norm: nn.Module):
     """What a fold depends on: identity, storage and version of every tensor involved, and eps.
 
     ``_version`` catches in-place edits (optimizer steps, ``load_state_dict``'s ``copy_``);
-    the data pointer catches ``.to()`` and replaced ``.data``. (Module ``.to()`` also drops the
-    whole cache, FoldCacheMixin._apply.)
+    the data pointer catches ``.to()`` and replaced ``.data``. A train-mode forward updates the
+    running statistics inside ``native_batch_norm``/``cudnn_batch_norm``, whose schemas do not mark
+    them as written (their versions stay), but it also does ``num_batches_tracked.add_(1)``: that
+    version is in the signature. (Module ``.to()`` and ``.train()`` also drop the whole cache,
+    FoldCacheMixin; edits through ``.data`` bump no version: ``clear_folds``.)
     """
     sig = [norm.eps]
     for module, name in ((conv, "weight"), (conv, "bias"), (norm, "weight"), (norm, "bias"),
-                         (norm, "running_mean"), (norm, "running_var")):
+                         (norm, "running_mean"), (norm, "running_var"), (norm, "num_batches_tracked")):
         t = _tensor_attr(module, name)
         if t is None:
             sig.append(None)
@@ -217,7 +220,10 @@ def folded(module: nn.Module, name: str, conv: nn.Conv2d, norm: nn.Module, dtype
 
 
 class FoldCacheMixin:
-    """For modules that keep folds: never pickled, deep-copied or carried across ``.to()``."""
+    """For modules that keep folds: never pickled, deep-copied, carried across ``.to()`` or into
+    train mode (whatever training does to the statistics, the next eval forward folds afresh), nor
+    shared with DataParallel's per-forward replicas (their broadcast weights are freed after each
+    forward, and their ids and addresses reused)."""
 
     def __getstate__(self):
         state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
@@ -228,6 +234,25 @@ class FoldCacheMixin:
     def _apply(self, *args, **kwargs):
         self.__dict__.pop(_CACHE_ATTR, None)
         return super()._apply(*args, **kwargs)
+
+    def train(self, mode: bool = True):
+        if mode:
+            self.__dict__.pop(_CACHE_ATTR, None)
+        return super().train(mode)
+
+    def _replicate_for_data_parallel(self):
+        replica = super()._replicate_for_data_parallel()
+        replica.__dict__.pop(_CACHE_ATTR, None)
+        return replica
+
+
+def clear_folds(model: nn.Module) -> nn.Module:
+    """Drop every cached fold in ``model``, so that the next eval forward folds from the tensors as
+    they are. Needed only after edits that bump no version counter: writes through ``.data`` (an
+    old-style EMA, weight clipping) or from outside PyTorch. Returns ``model``."""
+    for module in model.modules():
+        module.__dict__.pop(_CACHE_ATTR, None)
+    return model
 
 
 def fx_tracing() -> bool:
@@ -263,6 +288,16 @@ def has_hooks(module: nn.Module) -> bool:
     )
 
 
+def _needs_grad(part: nn.Module) -> bool:
+    """Whether a tensor the fold reads from ``part`` wants a gradient. Read as the fold reads them,
+    not through ``parameters()``: DataParallel's replicas hold their weights as plain attributes."""
+    for name in ("weight", "bias"):
+        t = _tensor_attr(part, name)
+        if isinstance(t, torch.Tensor) and t.requires_grad:
+            return True
+    return False
+
+
 def fused_allowed(module: nn.Module, x: torch.Tensor, parts) -> bool:
     """The fused path runs in eval mode when nobody could observe the difference.
 
@@ -271,7 +306,7 @@ def fused_allowed(module: nn.Module, x: torch.Tensor, parts) -> bool:
     """
     if module.training:
         return False
-    if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in module.parameters())):
+    if torch.is_grad_enabled() and (x.requires_grad or any(p is not None and _needs_grad(p) for p in parts)):
         return False
     if nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks:
         return False

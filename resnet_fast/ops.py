@@ -451,6 +451,7 @@ def _max_pool2d_fake(x, kernel_size, stride, padding, dilation, ceil_mode):
 
 
 _len_dispatch_stack = getattr(torch._C, "_len_torch_dispatch_stack", None)
+_tracing_state = getattr(torch._C, "_get_tracing_state", lambda: None)
 _function_mode_on = getattr(torch._C, "_is_torch_function_mode_enabled", None)
 
 
@@ -458,12 +459,14 @@ def direct_call_ok(x: torch.Tensor) -> bool:
     """Whether a call the model makes itself (folded weights, activations it created) may run the
     op's CPU/CUDA body directly instead of going through the dispatcher (~5 us a conv: a tenth of
     a small-batch forward). Only for plain tensors in plain eager mode, with no autograd to record:
-    whenever anything could look at the op (torch.compile/export tracing, a TorchDispatchMode or
-    TorchFunctionMode such as FlopCounterMode, the profiler, tensor subclasses) the op runs."""
+    whenever anything could look at the op (torch.compile/export tracing, torch.jit.trace, a
+    TorchDispatchMode or TorchFunctionMode such as FlopCounterMode, the profiler, tensor subclasses)
+    the op runs."""
     if torch.compiler.is_compiling():  # first: dynamo folds it to True and traces nothing below
         return False
     return (
-        type(x) is torch.Tensor
+        _tracing_state() is None  # torch.jit.trace (and the TorchScript-based ONNX export) records ops
+        and type(x) is torch.Tensor
         and _len_dispatch_stack is not None and _function_mode_on is not None
         and not (torch.is_grad_enabled() and x.requires_grad)
         and _len_dispatch_stack() == 0

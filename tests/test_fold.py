@@ -232,3 +232,76 @@ def test_resnext_block_through_triton_with_widened_groups():
         assert triton_conv.launch_count - before == 4  # conv1, conv2 (widened), downsample, conv3
         ref = tv.double()(x.double())
     assert rel_err(out, ref) < 1e-5
+
+
+def test_training_forwards_without_an_optimizer_step_refold(model_and_input):
+    """BN recalibration (AdaBN, linear probing with only fc in the optimizer): train-mode forwards
+    move the running statistics inside native_batch_norm, whose schema marks nothing as written, so
+    their versions stay. Both ways back to eval refold: model.train() drops the folds, and one BN
+    put in train mode alone is seen through its num_batches_tracked."""
+    m, x = model_and_input
+    _check_fresh(m, x)
+    m.train()
+    with torch.no_grad():
+        for _ in range(3):
+            m(torch.randn(4, 3, 41, 37) * 2 + 1)
+    m.eval()
+    _check_fresh(m, x)
+    bn = m.layer1[0].bn1
+    bn.train()  # the block stays in eval mode: its cached folds stay too
+    with torch.no_grad():
+        m(torch.randn(4, 3, 41, 37) * 3)
+    bn.eval()
+    _check_fresh(m, x)
+
+
+def test_edits_through_data_need_clear_folds(model_and_input):
+    m, x = model_and_input
+    _check_fresh(m, x)
+    m.layer2[1].conv1.weight.data.mul_(1.5)  # .data: no version bump, invisible to any signature
+    ref = float64_reference(m, x)
+    with torch.no_grad():
+        assert rel_err(m(x), ref) > 1e-3  # the documented limitation: still the old fold
+        assert resnet_fast.clear_folds(m) is m
+        assert rel_err(m(x), ref) < 1e-4
+
+
+def _data_parallel_replica(module):
+    """What nn.parallel.replicate makes of a module on one device (it needs GPUs): a shallow copy
+    whose parameters are plain attributes, computed from the originals so that gradients flow back."""
+    replica = module._replicate_for_data_parallel()
+    for name, child in module._modules.items():
+        replica._modules[name] = _data_parallel_replica(child) if child is not None else None
+    for name, p in module._parameters.items():
+        if p is None:
+            replica._parameters[name] = None
+        else:
+            setattr(replica, name, p * 1)
+    return replica
+
+
+def test_data_parallel_replica_in_eval_with_grad_keeps_gradients(model_and_input):
+    """Fine-tuning with frozen BN (model.eval()) under DataParallel: the replica has no registered
+    parameters, but its convs' weights want gradients, so the differentiable path must run."""
+    m, x = model_and_input
+    with torch.no_grad():
+        m(x)  # folds cached on the original
+    replica = _data_parallel_replica(m)
+    assert list(replica.parameters()) == []
+    for mod in replica.modules():
+        assert resnet_fast.fused._CACHE_ATTR not in mod.__dict__  # no fold shared with the original
+    out = replica(x)
+    out.sum().backward()
+    assert m.conv1.weight.grad is not None and m.layer4[1].conv2.weight.grad is not None
+    with torch.no_grad():
+        assert rel_err(out, float64_reference(m, x)) < 1e-4
+
+
+def test_torch_jit_trace_records_the_fused_ops(model_and_input):
+    m, x = model_and_input
+    with torch.no_grad():
+        traced = torch.jit.trace(m, x, check_trace=False)
+        graph = str(traced.graph)
+        assert "resnet_fast::conv2d_bias_act" in graph and "resnet_fast::conv2d_bias_act_add_" in graph
+        other = torch.randn(3, 3, 41, 37)
+        assert rel_err(traced(other), float64_reference(m, other)) < 1e-4
