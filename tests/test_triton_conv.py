@@ -547,11 +547,23 @@ def test_gpu_whole_model(name):
 
 @pytest.mark.gpu
 def test_gpu_autocast_runs_bf16():
+    """An fp32 model under autocast(cuda, bf16): bf16 output, every conv through the Triton kernels,
+    error against float64 at most twice torchvision's own under the same autocast; a channels_last
+    input gives the very same result as NCHW (the stem reads either layout)."""
     torch.manual_seed(0)
-    fast = randomize_bn(resnet_fast.resnet50(), 1).eval().cuda()
+    tv = randomize_bn(torchvision.models.resnet50(), 1).eval()
+    fast = resnet_fast.from_torchvision(tv).cuda()
+    x = torch.randn(2, 3, 64, 72)
+    ref = float64_reference(tv, x)
+    tv = tv.cuda()
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
-        out = fast(torch.randn(2, 3, 64, 64, device="cuda"))
+        out, launches = _count_launches(lambda: fast(x.cuda()))
+        out_cl = fast(x.cuda().contiguous(memory_format=torch.channels_last))
+        torch_err = rel_err(tv(x.cuda()), ref)
     assert out.dtype == torch.bfloat16
+    assert launches == sum(isinstance(m, torch.nn.Conv2d) for m in tv.modules())
+    assert rel_err(out, ref) <= 2 * torch_err, (rel_err(out, ref), torch_err)
+    assert torch.equal(out_cl, out)
 
 
 @pytest.mark.gpu
