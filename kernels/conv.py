@@ -209,6 +209,22 @@ def _conv2d_bias_act_kernel(
     # the compiler can load 16 bytes at a time and pipeline with asynchronous copies.
     pid = tl.program_id(0)
     g = tl.program_id(1)
+    if INDEX_64:
+        # 2^31 elements or more in x, y, the weight or the workspace: the sizes and strides every
+        # offset is made of become 64-bit, so no product (N * OH * OW, a tap's kh * swh, a row's
+        # dh * sxh) wraps before it is added. (A multiply, not .to(): a stride of 1 arrives as a
+        # constexpr.)
+        wide = tl.full([], 1, tl.int64)
+        N = wide * N
+        OH = wide * OH
+        OW = wide * OW
+        OC = wide * OC
+        sxn = wide * sxn
+        sxh = wide * sxh
+        sxw = wide * sxw
+        swc = wide * swc
+        swh = wide * swh
+        sww = wide * sww
     M = N * OH * OW
     pid_m, pid_n = grouped_tile(pid, M, OCg, BLOCK_M, BLOCK_N, GROUP_M)
 
@@ -435,7 +451,7 @@ def _splitk_reduce_kernel(ws_ptr, b_ptr, r_ptr, y_ptr, total, OC,
     mask = offs < total
     acc = tl.load(ws_ptr + offs, mask=mask, other=0.0)
     for s in tl.static_range(1, SPLIT_K):
-        acc += tl.load(ws_ptr + s * total + offs, mask=mask, other=0.0)
+        acc += tl.load(ws_ptr + tl.full([], s, tl.int64) * total + offs, mask=mask, other=0.0)
     acc += tl.load(b_ptr + offs % OC, mask=mask, other=0.0).to(tl.float32)
     if HAS_RESIDUAL:
         acc += tl.load(r_ptr + offs, mask=mask, other=0.0).to(tl.float32)
@@ -451,8 +467,9 @@ def _pad_channels_kernel(x_ptr, y_ptr, P, C, H, W, sxn, sxc, sxh, sxw, CP: tl.co
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     c = tl.arange(0, CP)
     w = offs % W
-    h = (offs // W) % H
-    n = offs // (W * H)
+    rows = offs // W  # 64-bit like offs: no W * H product that could wrap
+    h = rows % H
+    n = rows // H
     mask_p = offs < P
     v = tl.load(x_ptr + (n * sxn + h * sxh + w * sxw)[:, None] + c.to(tl.int64)[None, :] * sxc,
                 mask=mask_p[:, None] & (c < C)[None, :], other=0.0)
@@ -635,6 +652,9 @@ def conv2d_bias_act(
     global launch_count
     if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise TypeError(f"resnet_fast Triton conv: expected float32, float16 or bfloat16, got {x.dtype}")
+    reason = unsupported(x, padding, groups)
+    if reason is not None:
+        raise ValueError(f"resnet_fast Triton conv: {reason} (the op resnet_fast::conv2d_bias_act runs PyTorch's conv there)")
     n, c, h, w = x.shape
     oc, cg, kh, kw = weight.shape
     oh = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
@@ -699,7 +719,7 @@ def conv2d_bias_act(
         walk_constexprs(kh, kw, cg, flat_k, gemm_1x1, pad_c, residual is not None, split_k, x.element_size(),
                         serial),
         RELU=relu, INPUT_PRECISION=precision,
-        INDEX_64=index_64 if index_64 is not None else max(x.numel(), y.numel(), split_k * m * oc) >= 2**31,
+        INDEX_64=index_64 if index_64 is not None else needs_index_64(x, weight, y, split_k),
     )
     # The autotuner's own key (its `key` list plus the tensors' dtypes). Once a key is tuned, launch
     # the kernel with its config directly: Autotuner.run rebuilds dicts over all 35 arguments on
@@ -837,6 +857,29 @@ def _sm_count(device: torch.device) -> int:
     if index not in _SM_COUNTS:
         _SM_COUNTS[index] = torch.cuda.get_device_properties(index).multi_processor_count
     return _SM_COUNTS[index]
+
+
+def needs_index_64(x: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, split_k: int) -> bool:
+    """64-bit offsets where any tensor the kernel indexes has 2^31 elements or more: x, the weight,
+    y (and the residual, of y's size), the split-K workspace."""
+    return max(x.numel(), weight.numel(), y.numel(), split_k * y.numel()) >= 2**31
+
+
+# The halo checks give rows past M (and K columns past a kernel row) a coordinate of -2^24, which a
+# tap's offset must not bring back to >= 0: spatial extents, padding included, up to 2^24.
+MAX_SPATIAL = 1 << 24
+MAX_GROUPS = 65535  # groups are the grid's second dimension
+
+
+def unsupported(x: torch.Tensor, padding, groups: int) -> Optional[str]:
+    """Why the Triton kernel cannot take this conv (the op then runs PyTorch's), or None."""
+    h, w = x.shape[-2:]
+    if h + 2 * padding[0] > MAX_SPATIAL or w + 2 * padding[1] > MAX_SPATIAL:
+        return (f"spatial size with padding up to {MAX_SPATIAL} per side, got {h}x{w} "
+                f"padded by {padding[0]}x{padding[1]}")
+    if groups > MAX_GROUPS:
+        return f"at most {MAX_GROUPS} groups, got {groups}"
+    return None
 
 
 def choose_split_k(m: int, ocg: int, groups: int, cg: int, kh: int, kw: int, flat_k: bool, gemm_1x1: bool,

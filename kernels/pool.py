@@ -33,6 +33,7 @@ def _max_pool2d_nhwc_kernel(
 ):
     if INDEX_64:  # 64-bit offsets only where x or y has 2^31 elements or more
         offs_p = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
+        OW = OW.to(tl.int64)  # so that OW * OH below cannot wrap either (OW is never specialised)
     else:
         offs_p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)

@@ -303,9 +303,10 @@ def _conv2d_bias_act_impl(x, weight, bias, residual, stride, padding, dilation, 
     if backend.use_triton(x.device, x.dtype):
         from .kernels import conv as triton_conv
 
-        # The launcher makes x dense channels_last itself, or (the 3-channel stem) reads any layout
-        # straight into its 4-channel padded copy: one pass over the input instead of two.
-        return triton_conv.conv2d_bias_act(x, weight, bias, residual, stride, padding, dilation, groups, relu)
+        if triton_conv.unsupported(x, padding, groups) is None:  # else PyTorch's conv, below
+            # The launcher makes x dense channels_last itself, or (the 3-channel stem) reads any
+            # layout straight into its 4-channel padded copy: one pass over the input, not two.
+            return triton_conv.conv2d_bias_act(x, weight, bias, residual, stride, padding, dilation, groups, relu)
     x = x.contiguous(memory_format=torch.channels_last)
     y = _conv2d_bias_act_torch(x, weight, bias, residual, stride, padding, dilation, groups, relu)
     strides = nhwc_strides(*y.shape)
@@ -352,9 +353,10 @@ def _conv2d_bias_act_add_impl(residual, x, weight, bias, stride, padding, dilati
     if backend.use_triton(x.device, x.dtype):
         from .kernels import conv as triton_conv
 
-        # Each output element is read (as residual) and then written by the same program.
-        triton_conv.conv2d_bias_act(x, weight, bias, residual, stride, padding, dilation, groups, relu, out=residual)
-        return
+        if triton_conv.unsupported(x, padding, groups) is None:  # else PyTorch's conv, below
+            # Each output element is read (as residual) and then written by the same program.
+            triton_conv.conv2d_bias_act(x, weight, bias, residual, stride, padding, dilation, groups, relu, out=residual)
+            return
     if bias.dtype != x.dtype:
         bias = bias.to(x.dtype)
     if _onednn_fused(x):

@@ -922,3 +922,50 @@ def test_stride_and_dilation_are_tuned_apart(monkeypatch):
         x, weight, bias, res, conv_args, ref = _case(shape, torch.float32, False, True, n=1, h=h, w=w, seed=80 + i)
         assert rel_err(_run_kernel(x, weight, bias, res, conv_args, True), ref) < 1e-5
         assert len(triton_conv._chosen_configs) == i + 1, shape
+
+
+@pytest.mark.interpreter
+def test_what_the_kernel_cannot_take_runs_pytorch_conv():
+    """Past 2^24 rows (padding included) the halo check's far-below-zero sentinel would come back into
+    range, and past 65535 groups the grid cannot launch: the op runs PyTorch's conv there (right,
+    finite), the launcher called directly refuses with the reason, and no Triton kernel runs."""
+    from resnet_fast.kernels import conv as triton_conv
+
+    tall = triton_conv.MAX_SPATIAL + 64
+    x = torch.randn(1, 1, tall, 1)
+    x[0, 0, triton_conv.MAX_SPATIAL + 5, 0] = float("inf")  # a row no output window covers
+    weight = torch.randn(1, 1, 3, 1)
+    bias = torch.randn(1)
+    stride = [1 << 23, 1]
+    ref = F.conv2d(x.double(), weight.double(), bias.double(), stride)
+    groups = triton_conv.MAX_GROUPS + 1
+    gx = torch.randn(1, groups, 2, 2).contiguous(memory_format=torch.channels_last)
+    gw, gb = torch.randn(groups, 1, 1, 1), torch.randn(groups)
+    gref = F.conv2d(gx.double(), gw.double(), gb.double(), groups=groups).relu()
+    before = triton_conv.launch_count
+    with resnet_fast.use_backend("triton"):
+        y = torch.ops.resnet_fast.conv2d_bias_act(x, weight, bias, None, stride, [0, 0], [1, 1], 1, False)
+        gy = torch.ops.resnet_fast.conv2d_bias_act(gx, gw, gb, None, [1, 1], [0, 0], [1, 1], groups, True)
+    assert torch.isfinite(y).all() and rel_err(y, ref) < 1e-6
+    assert rel_err(gy, gref) < 1e-6
+    assert triton_conv.launch_count == before
+    with pytest.raises(ValueError, match=r"spatial size with padding up to 16777216 per side, got 16777280x1"):
+        triton_conv.conv2d_bias_act(x, to_oc_last(weight), bias, None, stride, [0, 0], [1, 1], 1, False)
+    with pytest.raises(ValueError, match="at most 65535 groups, got 65536"):
+        triton_conv.conv2d_bias_act(gx, to_oc_last(gw), gb, None, [1, 1], [0, 0], [1, 1], groups, True)
+
+
+def test_64_bit_offsets_where_any_indexed_tensor_needs_them():
+    """The weight counts too: a 16384 -> 16384 3x3 conv on a 3x3 image has small activations but a
+    2.4e9-element weight, whose tap offsets (kh * swh) pass 2^31."""
+    from resnet_fast.kernels import conv as triton_conv
+
+    x = torch.empty(1, 16384, 3, 3, device="meta")
+    y = torch.empty(1, 16384, 3, 3, device="meta")
+    assert triton_conv.needs_index_64(x, torch.empty(16384, 16384, 3, 3, device="meta"), y, 1)
+    assert not triton_conv.needs_index_64(x, torch.empty(64, 16384, 3, 3, device="meta"), y, 1)
+    big = torch.empty(1, 1 << 16, 1 << 8, 1 << 7, device="meta")  # 2^31 elements
+    assert triton_conv.needs_index_64(big, torch.empty(1, 1 << 16, 1, 1, device="meta"), y, 1)
+    y = torch.empty(1, 1 << 16, 64, 64, device="meta")  # 2^28 elements: the workspace of 8 shares has 2^31
+    assert triton_conv.needs_index_64(x, torch.empty(64, 16384, 3, 3, device="meta"), y, 8)
+    assert not triton_conv.needs_index_64(x, torch.empty(64, 16384, 3, 3, device="meta"), y, 4)
