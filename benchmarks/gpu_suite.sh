@@ -49,7 +49,7 @@ step kernels      "${T_KERNELS:-70}"    $PY benchmarks/bench_kernels.py --device
 # the many (shape, dtype) specialisations run in parallel.
 XDIST=""
 [ "$DRY" = 0 ] && $PY -c "import xdist" 2>/dev/null && XDIST="-n ${TEST_WORKERS:-4}"
-step tests        "${T_TESTS:-110}"     env RESNET_FAST_AUTOTUNE=0 $PY -m pytest -m gpu -v -ra -p no:cacheprovider $XDIST tests
+step tests        "${T_TESTS:-110}"     env RESNET_FAST_AUTOTUNE=0 $PY -m pytest -m gpu -v -ra --durations=20 -p no:cacheprovider $XDIST tests
 # Kernel by kernel through one eager forward (torch.profiler): at batch 1 the launch-order list says
 # which convs the CUDA graph's replay time goes to; at 256, the conv/pooling split. At batch 1 also the
 # graph replay with split-K shares added in the conv (the default) against separate reduce kernels.

@@ -17,7 +17,19 @@ import pytest  # noqa: E402
 sys.path.insert(0, os.path.dirname(__file__))
 
 
+# Under pytest-xdist (the GPU suite runs 4 workers) each worker gets its share of the cores for the
+# CPU float64 references, instead of every worker spawning a thread per core.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // _WORKERS))
+
+# GPU tests that cost the most (whole models with CPU float64 references, batch-64 convs): last, so
+# that a run cut short by the suite's time limit has run every cheaper test first.
+_EXPENSIVE_LAST = ("test_gpu_whole_model", "test_gpu_every_resnet50_conv[64-")
+
+
 def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: any(item.name.startswith(p) for p in _EXPENSIVE_LAST))  # stable
     skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
     skip_interp = pytest.mark.skip(reason="needs TRITON_INTERPRET=1 and Triton")
     interp_ok = os.environ.get("TRITON_INTERPRET") == "1"

@@ -174,6 +174,23 @@ def test_fallbacks_give_identical_results(mode, tmp_path):
 # ---------------------------------------------------------------------------------------------
 # GPU
 # ---------------------------------------------------------------------------------------------
+@pytest.fixture(autouse=True)
+def _the_cuda_kernels_are_what_runs(request):
+    """Without a CUDA build the op falls back to torch.add + relu on CUDA tensors, and every GPU test
+    below would pass against PyTorch itself: they require the extension's own CUDA kernels."""
+    if request.node.get_closest_marker("gpu") is not None:
+        from resnet_fast import _extension
+
+        assert _extension.has_cuda_kernels(), f"the CUDA add_relu kernels are not built: {_extension.status()}"
+
+
+@pytest.mark.gpu
+def test_gpu_extension_has_cuda_kernels():
+    # First of the GPU tests (the fixture above does the checking): a build problem reads as one
+    # failure here, before anything else.
+    pass
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "mixed_self_cl", "mixed_other_cl", "strided_self"])
@@ -204,13 +221,17 @@ def test_gpu_vector_tail_and_alignment(n, offset):
 
 
 @pytest.mark.gpu
-def test_gpu_over_2_31_bytes():
-    n = (1 << 31) // 2 + 4099  # bf16: just over 2^31 bytes per tensor
+@pytest.mark.parametrize("n", [(1 << 31) // 2 + 4099, (1 << 31) + 4099], ids=["2^31_bytes", "2^31_elements"])
+def test_gpu_over_2_31_bytes(n):
+    # bf16: just over 2^31 bytes per tensor (a 32-bit byte offset would wrap), then just over 2^31
+    # elements (a 32-bit element index would), 4.3 GB per tensor.
     a = torch.randn(n, device="cuda", dtype=torch.bfloat16)
     b = torch.randn(n, device="cuda", dtype=torch.bfloat16)
     expected_tail = (a[-5000:].float() + b[-5000:].float()).relu().bfloat16()
     torch.ops.resnet_fast.add_relu_(a, b)
     assert torch.equal(a[-5000:], expected_tail)
+    del a, b
+    torch.cuda.empty_cache()
 
 
 @pytest.mark.gpu

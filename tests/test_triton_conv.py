@@ -3,6 +3,7 @@
 Marker ``interpreter``: CPU tensors under TRITON_INTERPRET=1, small shapes (CI).
 Marker ``gpu``: real shapes on CUDA (benchmarks/gpu_suite.sh).
 """
+import functools
 import itertools
 
 import pytest
@@ -385,6 +386,7 @@ def test_whole_model_through_triton_kernels(name, convs):
 # ---------------------------------------------------------------------------------------------
 # GPU
 # ---------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=None)
 def _resnet50_conv_shapes():
     """Every distinct conv of ResNet-50 at 224x224: (C, OC, k, stride, padding, H)."""
     m = torchvision.models.resnet50()
@@ -418,7 +420,9 @@ def test_gpu_every_resnet50_conv(dtype, batch):
             # shapes (then 2x its error would demand more than TF32 can give).
             sp, pp, dd, gg = conv_args
             rounded = F.conv2d(tf32_round(x).double(), tf32_round(weight).double(), bias.double(), sp, pp, dd, gg).relu()
-            assert rel_err(y, rounded) < 1e-5, where
+            # 5e-5: the tensor cores' own fp32 accumulation (truncating adds) over K = 4608 alone
+            # reaches ~1e-5; a kernel that truncated its operands instead of rounding them is ~6e-4.
+            assert rel_err(y, rounded) < 5e-5, where
             torch_err = max(torch_err, rel_err(rounded, ref))
         assert rel_err(y, ref) <= 2 * torch_err + 1e-6, where
 
@@ -467,7 +471,9 @@ def test_gpu_tma_auto_choice_gives_the_right_result(monkeypatch, tma_wins):
     torch_err = rel_err(_torch_same_dtype(x, weight, bias, res, conv_args, True), ref)
     w = to_oc_last(weight)
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # a TMA failure would warn and fall back: fail instead
+        # A TMA failure would warn and fall back: fail instead (only on that warning: others, such
+        # as the parallel compile's, are not this test's business).
+        warnings.filterwarnings("error", message="resnet_fast: the TMA")
         for _ in range(2):
             into = res.clone()
             triton_conv.conv2d_bias_act(x, w, bias, into, [1, 1], [0, 0], [1, 1], 1, True, out=into)
@@ -573,7 +579,10 @@ def test_gpu_relu_keeps_nan_like_torch(split_k):
     x, weight, bias, res, conv_args, ref = _case(SHAPE_CLASSES[2], torch.bfloat16, True, True, device="cuda", seed=31)
     x[0, :, 3, 4] = float("nan")
     y = _run_kernel(x, weight, bias, res, conv_args, True, split_k=split_k)
-    expected = _torch_same_dtype(x, weight, bias, res, conv_args, True)
+    # Where NaN must be: a direct float64 conv on the CPU (a cuDNN FFT or Winograd algorithm could
+    # spread the NaN over whole tiles).
+    cpu64 = [t.cpu().double() if t is not None else None for t in (x, weight, bias, res)]
+    expected = _torch_same_dtype(*cpu64, conv_args, True).to(y.device)
     assert torch.isnan(expected).any()
     assert torch.equal(torch.isnan(y), torch.isnan(expected))
 
