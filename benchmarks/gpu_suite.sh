@@ -34,6 +34,12 @@ DEADLINE=$(( $(date +%s) + ${SUITE_BUDGET:-400} ))
 
 step install      "${T_INSTALL:-75}"    $PY -m pip install --no-deps --no-build-isolation -e .
 step extension    20                    $PY -c "import resnet_fast, torch; from resnet_fast import _extension; print('extension:', _extension.status()); print('cuda add_relu kernel:', _extension.has_cuda_kernels())"
+# No compiled extension (the install step failed or ran out of time): every later Python process would
+# try a JIT build of its CPU part (30-60 s each, serialised); use the PyTorch add_relu instead and say so.
+if [ "$DRY" = 0 ] && ! $PY -c "import resnet_fast._C" > /dev/null 2>&1; then
+  export RESNET_FAST_EXTENSION=none
+  echo "no compiled extension: later steps run with RESNET_FAST_EXTENSION=none" | tee "$OUT/no-extension.log"
+fi
 step device       10                    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,power.limit --format=csv,noheader
 # The headline first: the whole model, every provider but torch.compile (it recompiles per batch
 # size, a minute or more each: its own step below). Batch 256 first: rows are saved one by one, so
@@ -75,6 +81,7 @@ step model_fp16   "${T_MODEL_FP16:-60}"  $PY benchmarks/bench_model.py --device 
     echo "Device: $(cat "$OUT/device.log" 2>/dev/null | head -n 1)"
     echo
     grep -h "^extension:\|^cuda add_relu" "$OUT/extension.log" 2>/dev/null
+    cat "$OUT/no-extension.log" 2>/dev/null
     echo
     echo "Tests: $(grep -E '(passed|failed|error)' "$OUT/tests.log" 2>/dev/null | tail -n 1)"
     echo
