@@ -23,19 +23,12 @@ OUTDIR=${1:-${OUT:-}}
 [ -n "$OUTDIR" ] || { echo "usage: device_check.sh OUTDIR [--dry-run] (or set OUT)" >&2; exit 2; }
 DRY=0
 for a in "$@"; do [ "$a" = "--dry-run" ] && DRY=1; done
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-cd "$ROOT" || exit 1
-mkdir -p "$OUTDIR"
-OUT=$(cd "$OUTDIR" && pwd)
-PY=${PYTHON:-$(command -v python3 || command -v python)}
-export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-export PYTHONUNBUFFERED=1
-export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
+. "$(dirname "$0")/steps.sh"
+suite_env "$OUTDIR"
 STATUS="$OUT/check-steps.tsv"
 : > "$STATUS"
 START=$(date +%s)
 DEADLINE=$(( START + ${CHECK_BUDGET:-250} ))
-. "$ROOT/benchmarks/steps.sh"
 
 find_tool() {  # on PATH, else where CUDA and Nsight Compute install it
   command -v "$1" 2>/dev/null && return 0

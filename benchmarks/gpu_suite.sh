@@ -11,26 +11,17 @@
 # SUITE_BUDGET (default 400) caps the whole run: with the machine's start-up it leaves a lent
 # session's 15 minutes room for a shorter second run.
 set -u
-OUT=${1:?usage: gpu_suite.sh OUTDIR [--dry-run]}
+OUTDIR=${1:?usage: gpu_suite.sh OUTDIR [--dry-run]}
 DRY=0
 [ "${2:-}" = "--dry-run" ] && DRY=1
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-cd "$ROOT" || exit 1
-mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
-# The lent machines have python3 (the interpreter that holds torch) and may have no plain python.
-PY=${PYTHON:-$(command -v python3 || command -v python)}
-# A bare checkout also works: the package maps kernels/ itself when it is not installed.
-export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
+. "$(dirname "$0")/steps.sh"
+suite_env "$OUTDIR"
 SUMMARY="$OUT/summary.md"
 STATUS="$OUT/steps.tsv"
 : > "$STATUS"
 START=$(date +%s)
 
 DEADLINE=$(( $(date +%s) + ${SUITE_BUDGET:-400} ))
-
-. "$ROOT/benchmarks/steps.sh"
 
 step install      "${T_INSTALL:-75}"    $PY -m pip install --no-deps --no-build-isolation -e .
 step extension    20                    $PY -c "import resnet_fast, torch; from resnet_fast import _extension; print('extension:', _extension.status()); print('cuda add_relu kernel:', _extension.has_cuda_kernels())"

@@ -1,6 +1,23 @@
-# The time-bounded step runner shared by gpu_suite.sh and device_check.sh (sourced, not run).
-# Needs OUT (the log folder), STATUS (a TSV the summary reads), DEADLINE (epoch seconds: the whole
-# run's budget) and DRY (1: only list the steps).
+# What gpu_suite.sh and device_check.sh share (sourced, not run): their environment and the
+# time-bounded step runner.
+
+# suite_env OUTDIR: the repository root as working directory; OUT, the absolute OUTDIR (created); PY,
+# the interpreter that holds torch (the lent machines have python3 and may have no plain python);
+# the bare checkout importable (the package maps kernels/ itself when it is not installed); CUDA
+# code built for sm_90 only.
+suite_env() {
+  ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+  cd "$ROOT" || exit 1
+  mkdir -p "$1"
+  OUT=$(cd "$1" && pwd)
+  PY=${PYTHON:-$(command -v python3 || command -v python)}
+  export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+  export PYTHONUNBUFFERED=1
+  export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
+}
+
+# step needs OUT (the log folder), STATUS (a TSV the summary reads), DEADLINE (epoch seconds: the
+# whole run's budget) and DRY (1: only list the steps).
 
 step() {  # step NAME TIMEOUT_S COMMAND...   (the limit is also capped by what is left before DEADLINE)
   local name=$1 limit=$2
