@@ -184,6 +184,7 @@ def bench_conv(args, rows, header, prog):
                     return F.conv2d(xs[i % count], w_cl, bias_t, s, p)
             providers.insert(1, ("cudnn fused (conv_relu / conv_add_relu)", cudnn))
         ref = unfused(0).float()
+        shape_name = f"{label} {c}->{oc} k{k} s{s} {h}x{h} n{n}" + (" +res" if res else "")
         base = None
         for provider, fn in providers:
             tuning = {}
@@ -208,10 +209,14 @@ def bench_conv(args, rows, header, prog):
                 t = common.time_fn(fn, args.device, args.iters, 3, args.budget)
             except Exception as e:  # noqa: BLE001
                 print(f"\n{label} {provider}: {type(e).__name__}: {e}", file=sys.stderr)
+                # A row that says so: targets.py tells a kernel that failed from a step cut short.
+                rows.append({"kernel": "conv2d_bias_act", "shape": shape_name, "provider": provider,
+                             "error": f"{type(e).__name__}: {e}"[:300]})
+                common.write_json(args.json, header, rows)
                 continue
             base = base or t["median_ms"]
             tflops = flops / (t["median_ms"] * 1e-3) / 1e12
-            rows.append({"kernel": "conv2d_bias_act", "shape": f"{label} {c}->{oc} k{k} s{s} {h}x{h} n{n}" + (" +res" if res else ""),
+            rows.append({"kernel": "conv2d_bias_act", "shape": shape_name,
                          "provider": provider, "median_ms": t["median_ms"], "tflops": tflops, "fraction_of_peak": tflops / peak,
                          "speedup_vs_baseline": base / t["median_ms"], "max_rel_err": err, "max_abs_err": abs_err,
                          **tuning})

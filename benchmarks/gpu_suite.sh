@@ -24,13 +24,14 @@ START=$(date +%s)
 DEADLINE=$(( $(date +%s) + ${SUITE_BUDGET:-400} ))
 
 step install      "${T_INSTALL:-75}"    $PY -m pip install --no-deps --no-build-isolation -e .
-step extension    20                    $PY -c "import resnet_fast, torch; from resnet_fast import _extension; print('extension:', _extension.status()); print('cuda add_relu kernel:', _extension.has_cuda_kernels())"
 # No compiled extension (the install step failed or ran out of time): every later Python process would
-# try a JIT build of its CPU part (30-60 s each, serialised); use the PyTorch add_relu instead and say so.
-if [ "$DRY" = 0 ] && ! $PY -c "import resnet_fast._C" > /dev/null 2>&1; then
+# try a JIT build of its CPU part (30-60 s each, serialised on a lock file that a killed build leaves
+# behind); use the PyTorch add_relu instead and say so. (A file test: importing would start that build.)
+if [ "$DRY" = 0 ] && ! ls "$ROOT"/resnet_fast/_C*.so > /dev/null 2>&1; then
   export RESNET_FAST_EXTENSION=none
   echo "no compiled extension: later steps run with RESNET_FAST_EXTENSION=none" | tee "$OUT/no-extension.log"
 fi
+step extension    20                    $PY -c "import resnet_fast, torch; from resnet_fast import _extension; print('extension:', _extension.status()); print('cuda add_relu kernel:', _extension.has_cuda_kernels())"
 step device       10                    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,power.limit --format=csv,noheader
 # The headline first: the whole model, every provider but torch.compile (it recompiles per batch
 # size, a minute or more each: its own step below). Batch 256 first: rows are saved one by one, so

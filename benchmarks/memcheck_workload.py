@@ -13,7 +13,8 @@ Sections:
   element off 16-byte alignment, channels_last and mixed layouts, every dtype.
 - ``convs``: the Triton conv on one small odd-sized case of every walk (1x1 stride 1 and 2, 3x3 stride
   1 and 2, dilated, grouped, the 7x7 stem on 3 channels), with and without the residual, in place,
-  with forced split-K (shares added in the kernel and by the reduce kernel), 64-bit offsets, and the
+  with forced split-K (shares added in the kernel and by the reduce kernel), 64-bit offsets (with the
+  config tuned for the 32-bit case: the offset width is not a tuning key), and the
   1x1 TMA kernel with tails. With autotuning on (the default on a GPU) every config the tuner
   considers for a case runs, not just the one it picks.
 - ``pool``: ``resnet_fast::max_pool2d`` on odd sizes.

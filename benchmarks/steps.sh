@@ -6,10 +6,10 @@
 # the bare checkout importable (the package maps kernels/ itself when it is not installed); CUDA
 # code built for sm_90 only.
 suite_env() {
+  mkdir -p "$1"
+  OUT=$(cd "$1" && pwd)  # a relative OUTDIR is the caller's, resolved before the cd below
   ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
   cd "$ROOT" || exit 1
-  mkdir -p "$1"
-  OUT=$(cd "$1" && pwd)
   PY=${PYTHON:-$(command -v python3 || command -v python)}
   export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
   export PYTHONUNBUFFERED=1

@@ -71,16 +71,18 @@ def evaluate(outdir: str) -> List[Tuple[str, str, str, str]]:
         out.append(("add_relu_bandwidth", target, "-", "not measured"))
 
     target = "fused conv >= cuDNN conv + separate epilogue (every ResNet-50 shape, bf16 b256)"
-    conv = [r for r in (kernels or {}).get("rows", []) if r.get("kernel") == "conv2d_bias_act"]
-    shapes = sorted({r["shape"] for r in conv})
-    ratios, missing = [], []
+    all_conv = [r for r in (kernels or {}).get("rows", []) if r.get("kernel") == "conv2d_bias_act"]
+    conv = [r for r in all_conv if "error" not in r]
+    # Shapes where the fused kernel raised (bench_kernels writes an error row): failures. A shape
+    # with a baseline row and nothing else was cut short by the step's time limit: not measured.
+    missing = sorted({r["shape"] for r in all_conv if "error" in r and r.get("provider") == "resnet_fast fused"})
+    shapes = sorted({r["shape"] for r in conv} - set(missing))
+    ratios = []
     for shape in shapes:
         fused = _row(conv, shape=shape, provider="resnet_fast fused")
         base = _row(conv, shape=shape, provider="torch conv + separate bias/add/relu")
         if fused and base:
             ratios.append((base["median_ms"] / fused["median_ms"], shape))
-        elif base:
-            missing.append(shape)  # the fused kernel raised on this shape (bench_kernels logs why)
     if ratios or missing:
         met = sum(1 for r, _ in ratios if r >= 1.0)
         text = f"{met}/{len(ratios) + len(missing)} shapes"

@@ -289,13 +289,14 @@ def has_hooks(module: nn.Module) -> bool:
 
 
 def _needs_grad(part: nn.Module) -> bool:
-    """Whether a tensor the fold reads from ``part`` wants a gradient. Read as the fold reads them,
-    not through ``parameters()``: DataParallel's replicas hold their weights as plain attributes."""
-    for name in ("weight", "bias"):
-        t = _tensor_attr(part, name)
-        if isinstance(t, torch.Tensor) and t.requires_grad:
-            return True
-    return False
+    """Whether any parameter of ``part`` wants a gradient: its registered ones (a custom shortcut may
+    have others than weight and bias), and on a DataParallel replica, which holds its weights as
+    plain attributes (``parameters()`` is empty there), the ones ``replicate`` put in
+    ``_former_parameters``, and the weight and bias the fold reads."""
+    tensors = list(part._parameters.values())
+    tensors += list(part.__dict__.get("_former_parameters", {}).values())
+    tensors += [_tensor_attr(part, "weight"), _tensor_attr(part, "bias")]
+    return any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
 
 
 def fused_allowed(module: nn.Module, x: torch.Tensor, parts) -> bool:

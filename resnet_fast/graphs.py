@@ -70,7 +70,9 @@ def _graph_tensors(model: nn.Module) -> list:
     """Every tensor a captured forward reads by address: parameters, buffers and cached folds. The
     graph keeps them alive, so a replay never reads memory freed behind its back (a fold cache is
     dropped by ``.to()``, a parameter replaced by ``load_state_dict(assign=True)``)."""
-    kept = list(model.parameters()) + list(model.buffers())
+    # detach(): new tensors on the same storage, so the storage stays even when .half() or a
+    # `p.data = ...` swaps what the Parameter object points to.
+    kept = [t.detach() for t in list(model.parameters()) + list(model.buffers())]
     for module in model.modules():
         cache = module.__dict__.get(_CACHE_ATTR)
         if cache is not None:

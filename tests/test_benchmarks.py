@@ -176,7 +176,7 @@ def test_targets_verdicts(tmp_path):
 
 def test_targets_partial_runs_and_crashed_shapes_are_not_passes(tmp_path):
     """A kernels step cut short passes nothing on the shapes it reached; a shape whose fused kernel
-    raised (no row) fails; one wrong tile shows in the element-wise error though not in the norm."""
+    raised (an error row) fails; one wrong tile shows in the element-wise error though not in the norm."""
     conv = lambda shape, prov, ms, err=0.004, abs_err=0.01: {  # noqa: E731
         "kernel": "conv2d_bias_act", "shape": shape, "provider": prov, "median_ms": ms, "max_rel_err": err, "max_abs_err": abs_err}
     base = "torch conv + separate bias/add/relu"
@@ -188,7 +188,12 @@ def test_targets_partial_runs_and_crashed_shapes_are_not_passes(tmp_path):
     assert got["conv_vs_unfused"][1] == "not measured" and "(partial: 2/24)" in got["conv_vs_unfused"][0]
     assert got["add_relu_bandwidth"][1] == "not measured" and "(partial: 1/4)" in got["add_relu_bandwidth"][0]
     assert got["conv_agreement"][1] == "not measured"
-    kernels["rows"] = rows + [conv("s3", base, 1.0)]  # the fused kernel raised on s3: no row of its own
+    kernels["rows"] = rows + [conv("s3", base, 1.0)]  # cut short while the fused kernel tuned on s3
+    (tmp_path / "kernels-bf16.json").write_text(json.dumps(kernels))
+    got = _targets(tmp_path)
+    assert got["conv_vs_unfused"][1] == "not measured" and "failed" not in got["conv_vs_unfused"][0]
+    error = {"kernel": "conv2d_bias_act", "shape": "s3", "provider": "resnet_fast fused", "error": "RuntimeError: boom"}
+    kernels["rows"] = rows + [conv("s3", base, 1.0), error]  # the fused kernel raised on s3
     (tmp_path / "kernels-bf16.json").write_text(json.dumps(kernels))
     got = _targets(tmp_path)
     assert got["conv_vs_unfused"][1] == "NOT met" and "fused kernel failed on 1 (s3)" in got["conv_vs_unfused"][0]

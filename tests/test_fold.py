@@ -305,3 +305,42 @@ def test_torch_jit_trace_records_the_fused_ops(model_and_input):
         assert "resnet_fast::conv2d_bias_act" in graph and "resnet_fast::conv2d_bias_act_add_" in graph
         other = torch.randn(3, 3, 41, 37)
         assert rel_err(traced(other), float64_reference(m, other)) < 1e-4
+
+
+class _ScaledShortcut(nn.Module):
+    """A custom shortcut whose one parameter is not called weight or bias."""
+
+    def __init__(self):
+        super().__init__()
+        self.alpha = nn.Parameter(torch.tensor([0.5]))
+
+    def forward(self, x):
+        return x * self.alpha
+
+
+def test_a_trainable_parameter_of_any_name_keeps_the_differentiable_path(model_and_input):
+    """Backbone frozen, model in eval, grad on, one trainable parameter in a custom shortcut: the block
+    must take the differentiable path, or the parameter gets no gradient (the fused op has none)."""
+    m, x = model_and_input
+    m.layer1[1].downsample = _ScaledShortcut()
+    for p in m.parameters():
+        p.requires_grad_(False)
+    alpha = m.layer1[1].downsample.alpha
+    alpha.requires_grad_(True)
+    m(x).sum().backward()
+    assert alpha.grad is not None and alpha.grad.abs().item() > 0
+
+
+def test_a_cuda_graph_keeps_the_storage_it_reads_not_just_the_parameters(model_and_input):
+    """.half() (or p.data = ...) points a Parameter at new storage and frees the old, which a
+    captured graph still reads until it is re-captured: the graph keeps the storage itself."""
+    from resnet_fast.graphs import _graph_tensors
+
+    m, x = model_and_input
+    with torch.no_grad():
+        m(x)
+    kept = _graph_tensors(m)
+    before = [(t.data_ptr(), t.dtype) for t in kept if isinstance(t, torch.Tensor)]
+    m.half()
+    after = [(t.data_ptr(), t.dtype) for t in kept if isinstance(t, torch.Tensor)]
+    assert before == after and all(dtype != torch.float16 for _, dtype in after if dtype.is_floating_point)
