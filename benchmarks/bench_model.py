@@ -113,7 +113,6 @@ def run(args) -> int:
     models = args.models.split(",")
     batches = [int(b) for b in args.batch_sizes.split(",")]
     iters, warmup = (5, 2) if args.quick else (args.iters, args.warmup)
-    skip = [n for n in args.skip_providers.split(",") if n]
     header = common.environment(device)
     header.update({"device": device, "dtype": args.dtype, "benchmark": "bench_model"})
     rows = []
@@ -129,7 +128,7 @@ def run(args) -> int:
             except Exception as e:  # noqa: BLE001 - one failed provider must not lose the whole run
                 print(f"\n{name} batch {batch}: could not build providers: {e}", file=sys.stderr)
                 continue
-            for skipped in skip:
+            for skipped in args.skip_providers:
                 providers.pop(skipped, None)
             base = None
             with torch.inference_mode():
@@ -236,7 +235,8 @@ def main(argv=None) -> int:
     args.batch_sizes = args.batch_sizes or ("1,16,256" if args.device == "cuda" else "16")
     args.dtype = args.dtype or ("bfloat16" if args.device == "cuda" else "float32")
     known = {"torchvision_cl", "resnet_fast", "resnet_fast_torch_backend", "resnet_fast_graph", "torch_compile"}
-    bad = [n for n in args.skip_providers.split(",") if n and n not in known]
+    args.skip_providers = [n for n in args.skip_providers.split(",") if n]
+    bad = [n for n in args.skip_providers if n not in known]
     if bad:
         p.error(f"--skip-providers: expected some of {', '.join(sorted(known))}, got {', '.join(bad)}")
     if args.auto_output:

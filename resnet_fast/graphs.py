@@ -88,8 +88,9 @@ class CudaGraphModel:
     Weights are checked on every call (``weights_state``: ~85 µs for ResNet-50 on a slow CPU core,
     done while the GPU replays); after an edit, an optimizer step, ``load_state_dict``, ``.to()`` or
     a replaced submodule the graph is captured again and replayed again, so no call returns an
-    output computed from stale folds. ``check_weights=False`` skips the check for frozen models (the graph still keeps the
-    tensors it reads alive, so a skipped check gives stale results, never freed memory).
+    output computed from stale folds. ``check_weights=False`` skips the check for frozen models
+    (the graph still keeps the tensors it reads alive, so a skipped check gives stale results,
+    never freed memory).
     """
 
     def __init__(self, model: nn.Module, example_input: torch.Tensor, warmup: int = 3, check_weights: bool = True):
