@@ -7,7 +7,7 @@
 #   bash benchmarks/gpu_suite.sh OUTDIR            # run
 #   bash benchmarks/gpu_suite.sh OUTDIR --dry-run  # list the steps (works on a CPU machine)
 #
-# Step budgets (seconds) can be changed with T_INSTALL, T_TESTS, T_MODEL_BF16, T_KERNELS, T_COMPILE, T_PROFILE, T_MODEL_FP16;
+# Step budgets (seconds) can be changed with T_INSTALL, T_HOST, T_TESTS, T_MODEL_BF16, T_KERNELS, T_COMPILE, T_PROFILE, T_MODEL_FP16;
 # SUITE_BUDGET (default 400) caps the whole run: with the machine's start-up it leaves a lent
 # session's 15 minutes room for a shorter second run.
 set -u
@@ -37,6 +37,9 @@ step device       10                    nvidia-smi --query-gpu=name,memory.total
 # size, a minute or more each: its own step below). Batch 256 first: rows are saved one by one, so
 # the headline number survives if the step runs out of time.
 step model_bf16   "${T_MODEL_BF16:-90}" $PY benchmarks/bench_model.py --device cuda --models resnet50 --batch-sizes 256,1,16 --dtype bfloat16 --iters 30 --budget 3 --json "$OUT/model-bf16.json" --markdown "$OUT/model-bf16.md" --plot "$OUT/model-bf16.png"
+# Host time of the eager forward at small batch (launch-bound), direct Triton launches on and off in
+# one process, and a cProfile of what is left (kernels are compiled and tuned by now).
+step host         "${T_HOST:-40}"       $PY benchmarks/host_overhead.py --device cuda --dtype bfloat16 --batch-sizes 1,16 --json "$OUT/host-bf16.json" --markdown "$OUT/host-bf16.md"
 # Autotune timings and compiled kernels are on disk by now (Triton's cache): the per-conv step
 # re-times only what the model did not use (and the 1x1 TMA kernel, whose tuning Triton does not cache).
 step kernels      "${T_KERNELS:-70}"    $PY benchmarks/bench_kernels.py --device cuda --dtype bfloat16 --batch 256 --iters 20 --budget 2 --json "$OUT/kernels-bf16.json" --markdown "$OUT/kernels-bf16.md"
@@ -85,7 +88,7 @@ step model_fp16   "${T_MODEL_FP16:-60}"  $PY benchmarks/bench_model.py --device 
     echo
     $PY benchmarks/targets.py "$OUT" 2>&1
     echo
-    for f in model-bf16 kernels-bf16 compile-bf16 model-fp16 profile-bf16; do
+    for f in model-bf16 host-bf16 kernels-bf16 compile-bf16 model-fp16 profile-bf16; do
       [ -f "$OUT/$f.md" ] && { cat "$OUT/$f.md"; echo; }
     done
   fi

@@ -161,23 +161,39 @@ def descriptors(x, weight, y, residual, block_m: int = 16, block_n: int = 16, bl
     return a, b, r, out
 
 
-def launch(x, weight, bias, residual, y, relu: bool, config_kwargs: Optional[dict] = None) -> None:
-    """One launch: tuned (the autotuner times its configs) unless ``config_kwargs`` gives the config."""
+def launch_grid(x, y, config_kwargs: dict) -> tuple:
+    m = x.shape[0] * x.shape[2] * x.shape[3]
+    return (triton.cdiv(m, config_kwargs["BLOCK_M"]) * triton.cdiv(y.shape[1], config_kwargs["BLOCK_N"]), 1, 1)
+
+
+def launch_values(x, weight, bias, residual, y, relu: bool, config_kwargs: dict) -> tuple:
+    """Every kernel parameter's value in the kernel's order, for one launch with this config."""
     m = x.shape[0] * x.shape[2] * x.shape[3]
     c, oc = x.shape[1], y.shape[1]
-    m_bucket = triton.next_power_of_2(m)
-
-    def grid(meta):
-        return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(oc, meta["BLOCK_N"]),)
-
-    flags = dict(HAS_RESIDUAL=residual is not None, RELU=relu, IS_BF16=x.dtype == torch.bfloat16)
-    if config_kwargs is None:
-        a, b, r, out = descriptors(x, weight, y, residual)
-        _conv1x1_tma_kernel[grid](a, b, r, out, bias, m, oc, c, m_bucket, **flags)
-        return
     a, b, r, out = descriptors(x, weight, y, residual, config_kwargs["BLOCK_M"], config_kwargs["BLOCK_N"],
                                config_kwargs["BLOCK_K"])
-    _conv1x1_tma_kernel.fn[grid](a, b, r, out, bias, m, oc, c, m_bucket, **flags, **config_kwargs)
+    named = dict(a_desc=a, b_desc=b, r_desc=r, y_desc=out, b_ptr=bias, M=m, N=oc, K=c, M_BUCKET=triton.next_power_of_2(m),
+                 HAS_RESIDUAL=residual is not None, RELU=relu, IS_BF16=x.dtype == torch.bfloat16, **config_kwargs)
+    return tuple(named[name] for name in _conv1x1_tma_kernel.fn.arg_names)
+
+
+def launch(x, weight, bias, residual, y, relu: bool, config_kwargs: Optional[dict] = None):
+    """One launch: tuned (the autotuner times its configs) unless ``config_kwargs`` gives the config.
+    Returns what Triton's launch returned for a given config (the compiled kernel), else None."""
+    if config_kwargs is None:
+        m = x.shape[0] * x.shape[2] * x.shape[3]
+        c, oc = x.shape[1], y.shape[1]
+
+        def grid(meta):
+            return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(oc, meta["BLOCK_N"]),)
+
+        a, b, r, out = descriptors(x, weight, y, residual)
+        _conv1x1_tma_kernel[grid](a, b, r, out, bias, m, oc, c, triton.next_power_of_2(m), HAS_RESIDUAL=residual is not None,
+                                  RELU=relu, IS_BF16=x.dtype == torch.bfloat16)
+        return None
+    options = {k: v for k, v in config_kwargs.items() if k not in _conv1x1_tma_kernel.fn.arg_names}
+    return _conv1x1_tma_kernel.fn[launch_grid(x, y, config_kwargs)](
+        *launch_values(x, weight, bias, residual, y, relu, config_kwargs), **options)
 
 
 def aot_compile(dtype: str, config: triton.Config, residual: bool, relu: bool = True, arch: int = 90):

@@ -80,6 +80,19 @@ def _graph_tensors(model: nn.Module) -> list:
     return kept
 
 
+def explain_capture_error(e: Exception) -> Exception:
+    """What a capture failure means, where it is known: under PyTorch's cudaMallocAsync allocator
+    backend the memory a capture allocates is not mapped until the graph runs, and Triton's launcher
+    refuses such pointers ("cannot be accessed from Triton", H100, session 7)."""
+    if "cannot be accessed from Triton" in str(e) and torch.cuda.get_allocator_backend() == "cudaMallocAsync":
+        return RuntimeError(
+            "cuda_graph: the Triton kernels cannot be captured under PyTorch's cudaMallocAsync allocator "
+            "backend (PYTORCH_CUDA_ALLOC_CONF=backend:cudaMallocAsync): memory allocated during capture is "
+            "not mapped yet and Triton's launcher refuses it. Use the native allocator backend, or "
+            f"resnet_fast.set_backend('torch') for a cuDNN graph. ({e})")
+    return e
+
+
 class CudaGraphModel:
     """A captured eval forward for one input shape, dtype, layout and device.
 
@@ -123,6 +136,11 @@ class CudaGraphModel:
         try:
             with torch.inference_mode(), torch.cuda.graph(self.graph):
                 self.static_output = self.model(self.static_input)
+        except ValueError as e:
+            explained = explain_capture_error(e)
+            if explained is e:
+                raise
+            raise explained from e
         finally:
             _capture_state.counters = None
         self._counters = counters  # the graph's kernels use (and zero again) its slices on every replay

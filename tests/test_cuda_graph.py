@@ -106,3 +106,19 @@ def test_graph_keeps_the_folds_it_reads_alive():
 
     gc.collect()
     assert all(r() is None for r in refs)
+
+
+@pytest.mark.parametrize("backend", ["native", "cudaMallocAsync"])
+def test_capture_error_under_cuda_malloc_async_says_what_to_do(monkeypatch, backend):
+    from resnet_fast import graphs
+
+    monkeypatch.setattr(torch.cuda, "get_allocator_backend", lambda: backend)
+    triton_refusal = ValueError("Pointer argument (at 1) cannot be accessed from Triton (cpu tensor?)")
+    other = ValueError("something else")
+    assert graphs.explain_capture_error(other) is other
+    explained = graphs.explain_capture_error(triton_refusal)
+    if backend == "native":
+        assert explained is triton_refusal
+    else:
+        assert isinstance(explained, RuntimeError)
+        assert "cudaMallocAsync" in str(explained) and "native allocator" in str(explained)

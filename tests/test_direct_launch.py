@@ -1,0 +1,211 @@
+"""Direct launches (kernels/launch.py): a conv call that repeats an earlier call's launch properties
+reuses its compiled kernel, grid and scalar arguments instead of going through JITFunction.run.
+
+On the CPU the "compiled kernel" is Triton's interpreter behind the same launcher call signature, so
+these tests check what the launcher builds (argument order, buffers, the residual, the stem's
+padded copy, K-split workspaces and counters, in-place outputs) against float64 references; the
+GPU test runs the real compiled kernels.
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from helpers import rel_err
+from resnet_fast.fused import to_oc_last
+
+# (C, OC, kernel, stride, padding, N, H, W, residual, in_place)
+CASES = [
+    (40, 48, 1, 1, 0, 2, 9, 7, True, False),  # 1x1 GEMM walk, residual
+    (40, 48, 1, 1, 0, 2, 9, 7, True, True),  # the block epilogue written into the residual
+    (24, 40, 3, 2, 1, 2, 11, 9, False, False),  # per-tap walk, stride 2
+    (3, 16, 7, 2, 3, 1, 17, 15, False, False),  # the stem: padded to 4 channels first
+    (256, 32, 3, 1, 1, 1, 3, 3, False, False),  # small M, long K: split K (with 132 SMs)
+]
+
+
+@pytest.fixture
+def interpreted_direct(monkeypatch):
+    """Direct launches on CPU tensors, the launcher routed to the interpreter."""
+    from resnet_fast.kernels import conv as triton_conv
+    from resnet_fast.kernels import launch as direct
+
+    class Interpreted(direct.Direct):
+        @classmethod
+        def of(cls, kernel, grid):
+            jit_fn = triton_conv._conv2d_bias_act_kernel.fn
+
+            def launcher(g0, g1, g2, stream, function, metadata, launch_metadata, enter, leave, *values):
+                assert stream == 0 and launch_metadata is None
+                jit_fn[(g0, g1, g2)](*values)
+
+            return cls(kernel, launcher, "function", "metadata", tuple(grid))
+
+    monkeypatch.setattr(direct, "ENABLED", True)
+    monkeypatch.setattr(direct, "Direct", Interpreted)
+    monkeypatch.setattr(direct, "_raw_stream", lambda device: 0)
+    monkeypatch.setattr(triton_conv, "_direct_ok", lambda x: True)
+    monkeypatch.setattr(triton_conv, "_plans", {})
+    monkeypatch.setattr(triton_conv, "_chosen_configs", {})  # each test's first call tunes
+    monkeypatch.setattr(triton_conv, "_sm_count", lambda device: 132)
+    return triton_conv, direct
+
+
+def _inputs(c, oc, k, s, p, n, h, w, residual, seed):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c, h, w, generator=gen)
+    weight = torch.randn(oc, c, k, k, generator=gen) / (c * k * k) ** 0.5
+    bias = torch.randn(oc, generator=gen)
+    oh, ow = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+    res = torch.randn(n, oc, oh, ow, generator=gen) if residual else None
+    ref = F.conv2d(x.double(), weight.double(), bias.double(), s, p)
+    if residual:
+        ref = ref + res.double()
+    ref = ref.relu()
+    cl = lambda t: None if t is None else t.contiguous(memory_format=torch.channels_last)  # noqa: E731
+    return cl(x), to_oc_last(weight), bias, cl(res), ref
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("case", CASES, ids=["1x1_res", "1x1_in_place", "3x3_s2", "stem", "split_k"])
+def test_repeated_calls_launch_directly_and_stay_right(interpreted_direct, case):
+    triton_conv, direct = interpreted_direct
+    c, oc, k, s, p, n, h, w, residual, in_place = case
+    if c == 256:
+        assert triton_conv.choose_split_k(n * h * w, oc, 1, c, k, k, False, False, 132) > 1
+    directs = []
+    for call in range(4):  # 1: tunes, 2: launches through Triton and keeps the plan, 3-4: direct
+        x, weight, bias, res, ref = _inputs(c, oc, k, s, p, n, h, w, residual, seed=call)
+        before = direct.launch_count
+        out = res if in_place else None
+        y = triton_conv.conv2d_bias_act(x, weight, bias, res, [s, s], [p, p], [1, 1], 1, True, out=out)
+        directs.append(direct.launch_count - before)
+        if in_place:
+            assert y.data_ptr() == res.data_ptr()
+        assert y.stride() == (y.shape[1] * y.shape[2] * y.shape[3], 1, y.shape[3] * y.shape[1], y.shape[1])
+        assert rel_err(y, ref) < 1e-5, call
+    assert directs == [0, 0, 1, 1]
+    assert len(triton_conv._plans) == 1
+
+
+@pytest.mark.interpreter
+def test_what_a_plan_does_not_cover_goes_through_triton(interpreted_direct):
+    triton_conv, direct = interpreted_direct
+    c, oc, k, s, p, n, h, w = 40, 48, 1, 1, 0, 2, 9, 7
+    x, weight, bias, _, ref = _inputs(c, oc, k, s, p, n, h, w, False, seed=0)
+
+    def launches(x, **kwargs):
+        before = direct.launch_count
+        y = triton_conv.conv2d_bias_act(x, weight, bias, None, [1, 1], [0, 0], [1, 1], 1, True, **kwargs)
+        assert rel_err(y, ref) < 1e-5
+        return direct.launch_count - before
+
+    launches(x)
+    launches(x)
+    assert launches(x) == 1
+    # A pointer off 16-byte alignment: Triton would specialise differently.
+    storage = torch.empty(x.numel() + 1)
+    shifted = storage[1:].view(n, h, w, c).permute(0, 3, 1, 2).copy_(x)
+    assert shifted.data_ptr() % 16 and launches(shifted) == 0
+    # Another layout of x (copied by the launcher first), forced options, another tuning state.
+    assert launches(x.contiguous()) == 0
+    assert launches(x, index_64=True) == 0 and launches(x, split_k=2) == 0
+    triton_conv._chosen_configs, saved = {}, triton_conv._chosen_configs
+    try:
+        assert launches(x) == 0
+    finally:
+        triton_conv._chosen_configs = saved
+    assert launches(x) == 1
+
+
+@pytest.mark.interpreter
+def test_arg_values_follow_the_kernel_order():
+    from resnet_fast.kernels import conv as triton_conv
+    from resnet_fast.kernels import launch as direct
+
+    names = triton_conv._conv2d_bias_act_kernel.fn.arg_names
+    values = direct.arg_values(triton_conv._conv2d_bias_act_kernel.fn, (1, 2), {n: n for n in names[2:]})
+    assert values == (1, 2) + tuple(names[2:])
+    assert direct.arg_values(triton_conv._conv2d_bias_act_kernel.fn, (1, 2), {}) is None
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_gpu_direct_launches_match_triton_launches(dtype):
+    """Every ResNet-50 conv class on the GPU, batch 1 (split K) and 32 (TMA 1x1 where it wins):
+    the direct launch gives exactly what the launch through Triton gave on the same inputs."""
+    from resnet_fast.kernels import conv as triton_conv
+    from resnet_fast.kernels import launch as direct
+
+    assert direct.ENABLED, "direct launches are off on this machine"
+    for c, oc, k, s, p, n, h, w, residual, in_place in CASES + [(1024, 256, 1, 1, 0, 32, 14, 14, True, True),
+                                                                   (512, 512, 3, 1, 1, 1, 7, 7, False, False)]:
+        x, weight, bias, res, ref = _inputs(c, oc, k, s, p, n, h, w, residual, seed=1)
+        x, weight, bias = x.cuda().to(dtype), weight.cuda().to(dtype), bias.cuda()
+        res = None if res is None else res.cuda().to(dtype)
+
+        def call():
+            r = None if res is None else res.clone()
+            return triton_conv.conv2d_bias_act(x, weight, bias, r, [s, s], [p, p], [1, 1], 1, True,
+                                               out=r if in_place else None)
+
+        call()  # tunes, or already tuned
+        second = call()  # through Triton, keeps the plan (or already direct)
+        before = direct.launch_count
+        third = call()
+        torch.cuda.synchronize()
+        assert direct.launch_count == before + 1, (c, oc, k)
+        assert torch.equal(second, third), (c, oc, k)
+        assert rel_err(third.double().cpu(), ref) < (2e-2 if dtype == torch.bfloat16 else 5e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("in_place", [False, True])
+def test_gpu_direct_launch_of_the_tma_kernel(monkeypatch, in_place):
+    """The 1x1 TMA kernel (the tests run RESNET_FAST_AUTOTUNE=0, which keeps it off): made to win
+    its timing, then launched directly with fresh descriptors on new tensors."""
+    from resnet_fast.kernels import conv as triton_conv
+    from resnet_fast.kernels import conv1x1_tma
+    from resnet_fast.kernels import launch as direct
+
+    if not conv1x1_tma.available(torch.empty(1, device="cuda")):
+        pytest.skip("no TMA on this GPU")
+    monkeypatch.setattr(triton_conv, "_tma_auto", True)
+    monkeypatch.setattr(triton_conv, "_tma_choice", {})
+    timings = iter([1.0, 2.0])  # the TMA kernel first, then the general one
+    monkeypatch.setattr(triton_conv, "_quick_bench", lambda fn, quantiles=None: (fn(), next(timings))[1])
+    c, oc, n, h, w = 256, 1024, 64, 14, 14
+    directs = []
+    for seed in range(3):
+        x, weight, bias, res, ref = _inputs(c, oc, 1, 1, 0, n, h, w, True, seed=seed)
+        x, weight, bias, res = x.cuda().bfloat16(), weight.cuda().bfloat16(), bias.cuda(), res.cuda().bfloat16()
+        before = direct.launch_count
+        y = triton_conv.conv2d_bias_act(x, weight, bias, res, [1, 1], [0, 0], [1, 1], 1, True,
+                                        out=res if in_place else None)
+        torch.cuda.synchronize()
+        directs.append(direct.launch_count - before)
+        assert rel_err(y.double().cpu(), ref) < 2e-2, seed
+    assert list(triton_conv._tma_choice.values()) != [False]
+    assert directs == [0, 0, 1]
+
+
+@pytest.mark.interpreter
+def test_a_direct_launch_that_raises_turns_them_off_and_the_call_still_runs(interpreted_direct, monkeypatch):
+    triton_conv, direct = interpreted_direct
+    x, weight, bias, _, ref = _inputs(40, 48, 1, 1, 0, 2, 9, 7, False, seed=0)
+
+    def call():
+        return triton_conv.conv2d_bias_act(x, weight, bias, None, [1, 1], [0, 0], [1, 1], 1, True)
+
+    call()
+    call()
+    (plan,) = triton_conv._plans.values()
+
+    def refuses(*args):
+        raise TypeError("launch() takes 14 positional arguments")
+
+    plan.direct.launcher = refuses
+    monkeypatch.setattr(direct, "failure", None)
+    with pytest.warns(UserWarning, match="direct Triton launches failed"):
+        y = call()
+    assert rel_err(y, ref) < 1e-5
+    assert direct.ENABLED is False and "TypeError" in direct.failure and not triton_conv._plans
