@@ -616,7 +616,8 @@ def _on_the_tensors_device(launcher):
     """Triton launches on the current CUDA device (and autotuning times there): switch to x's."""
     @functools.wraps(launcher)
     def on_device(x, *args, **kwargs):
-        if x.is_cuda and x.device.index != torch.cuda.current_device():
+        index = x.get_device()  # -1 on the CPU
+        if index >= 0 and index != torch.cuda.current_device():
             with torch.cuda.device(x.device):
                 return launcher(x, *args, **kwargs)
         return launcher(x, *args, **kwargs)
@@ -865,17 +866,19 @@ class _Plan:
         if counters is not None and counters.data_ptr() & 15:
             return None
         y = out if out is not None else torch.empty_strided(self.y_shape, self.y_strides, dtype=x.dtype, device=x.device)
+        launch = self.direct
+        ptr = launch.pointer
         if self.tma_config is not None:
             c = self.tma_config
             a, b, r, o = conv1x1_tma.descriptors(x, weight, y, residual, c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_K"])
-            self.direct.launch(device, (a, b, r, o, bias) + self.tail)
+            launch.launch(device, (a, b, r, o, ptr(bias)) + self.tail)
             return y
         if self.pad_c:
             x = _pad_channels(x)
         workspace = torch.empty(self.workspace, dtype=torch.float32, device=x.device) if self.workspace else None
         r = residual if residual is not None else y
-        self.direct.launch(device, (x, weight, bias, r, y, y if workspace is None else workspace,
-                                    bias if counters is None else counters) + self.tail)
+        launch.launch(device, (ptr(x), ptr(weight), ptr(bias), ptr(r), ptr(y), ptr(y if workspace is None else workspace),
+                               ptr(bias if counters is None else counters)) + self.tail)
         if self.reduce:
             _splitk_reduce(workspace, bias, residual, y, self.relu)
         return y

@@ -76,7 +76,16 @@ def arg_values(jit_fn, args: Sequence, kwargs: dict) -> Optional[tuple]:
 
 class Direct:
     """A compiled kernel launched with a fixed grid; ``launch(device_index, values)`` takes every
-    parameter's value in kernel order (``arg_values``)."""
+    parameter's value in kernel order (``arg_values``), pointers as ``pointer(tensor)`` gives them.
+
+    Pointers go to the launcher as plain integers (``tensor.data_ptr()``): for a tensor argument
+    Triton's C launcher calls ``data_ptr()`` and then asks the driver whether the address is device
+    memory (``cuPointerGetAttribute``), once per pointer per launch; for an integer it does neither.
+    The caller holds the tensors for the duration of the call, as with tensor arguments (the kernel
+    runs on the current stream, where the caching allocator keeps them until they are freed).
+    """
+
+    raw_pointers = True
 
     __slots__ = ("kernel", "launcher", "function", "metadata", "grid")
 
@@ -102,6 +111,9 @@ class Direct:
         if function is None or not callable(launcher) or len(grid) != 3:
             return None
         return cls(kernel, launcher, function, metadata, tuple(int(g) for g in grid))
+
+    def pointer(self, t: torch.Tensor):
+        return t.data_ptr() if self.raw_pointers else t
 
     def launch(self, device_index: int, values: tuple) -> None:
         global launch_count

@@ -220,3 +220,39 @@ def test_compiled_resnext_block_on_the_triton_path(recwarn):
     assert torch.equal(compiled, eager)
     assert not [w for w in recwarn if "lru_cache" in str(w.message)]
     assert rel_err(eager, float64_reference(block, x)) < 1e-5
+
+
+def test_public_conv_function_skips_the_dispatcher_only_when_nothing_can_observe_it(monkeypatch):
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from resnet_fast import ops
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 9, 7).contiguous(memory_format=torch.channels_last)
+    w, b = torch.randn(12, 8, 3, 3) / 8, torch.randn(12)
+    args = (None, [1, 1], [1, 1], [1, 1], 1, True)
+    ref = torch.nn.functional.conv2d(x.double(), w.double(), b.double(), 1, 1).relu()
+    direct = ops.conv2d_bias_act(x, w, b, *args)
+    assert torch.equal(direct, torch.ops.resnet_fast.conv2d_bias_act(x, w, b, *args))
+    assert rel_err(direct, ref) < 1e-5
+
+    seen = []
+
+    class Log(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    with Log():
+        ops.conv2d_bias_act(x, w, b, *args)
+    assert any("resnet_fast.conv2d_bias_act" in s for s in seen)  # a mode sees the op
+
+    def direct_body(*a):
+        raise AssertionError("direct call")
+
+    monkeypatch.setattr(ops, "_conv2d_bias_act_impl", direct_body)  # the dispatcher keeps the registered one
+    with pytest.raises(AssertionError, match="direct call"):
+        ops.conv2d_bias_act(x, w, b, *args)
+    for needs_grad in (w.clone().requires_grad_(), b.clone().requires_grad_()):
+        call = (x, needs_grad, b) if needs_grad.dim() == 4 else (x, w, needs_grad)
+        assert rel_err(ops.conv2d_bias_act(*call, *args), ref) < 1e-5  # through torch.ops

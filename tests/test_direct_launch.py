@@ -29,14 +29,24 @@ def interpreted_direct(monkeypatch):
     from resnet_fast.kernels import conv as triton_conv
     from resnet_fast.kernels import launch as direct
 
+    seen = {}
+
     class Interpreted(direct.Direct):
+        """Pointers reach the launcher as integers, as on the GPU; the interpreter needs the tensors
+        back (the seven pointer parameters come first)."""
+
+        def pointer(self, t):
+            seen[t.data_ptr()] = t
+            return super().pointer(t)
+
         @classmethod
         def of(cls, kernel, grid):
             jit_fn = triton_conv._conv2d_bias_act_kernel.fn
 
             def launcher(g0, g1, g2, stream, function, metadata, launch_metadata, enter, leave, *values):
                 assert stream == 0 and launch_metadata is None
-                jit_fn[(g0, g1, g2)](*values)
+                assert all(isinstance(v, int) for v in values[:7]), "pointers are passed as integers"
+                jit_fn[(g0, g1, g2)](*[seen[v] for v in values[:7]], *values[7:])
 
             return cls(kernel, launcher, "function", "metadata", tuple(grid))
 
