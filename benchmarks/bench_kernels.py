@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
 COLUMNS = ["kernel", "shape", "provider", "median_ms", "tflops", "gbps", "fraction_of_peak", "speedup_vs_baseline", "max_rel_err",
-           "max_abs_err"]
+           "max_abs_err", "graph_ms"]
 
 
 def resnet50_convs():
@@ -183,6 +183,18 @@ def bench_conv(args, rows, header, prog):
                 def cudnn(i):
                     return F.conv2d(xs[i % count], w_cl, bias_t, s, p)
             providers.insert(1, ("cudnn fused (conv_relu / conv_add_relu)", cudnn))
+            from resnet_fast.kernels import conv as triton_conv
+            from resnet_fast.kernels import conv1x1_tma
+
+            if k == 1 and s == 1 and dtype != torch.float32 and conv1x1_tma.available(x):
+                # Diagnostic rows: the launcher with each 1x1 kernel forced, beside the automatic choice
+                # (which kernel wins the tuning timing can differ from run to run).
+                for forced, name in ((False, "resnet_fast launcher, general kernel forced"),
+                                     (True, "resnet_fast launcher, TMA kernel forced")):
+                    def forced_fn(i, forced=forced):
+                        return triton_conv.conv2d_bias_act(xs[i % count], weight_for_op, bias, rs[i % count], [1, 1],
+                                                           [0, 0], [1, 1], 1, relu, tma=forced)
+                    providers.append((name, forced_fn))
         ref = unfused(0).float()
         shape_name = f"{label} {c}->{oc} k{k} s{s} {h}x{h} n{n}" + (" +res" if res else "")
         base = None
@@ -190,8 +202,6 @@ def bench_conv(args, rows, header, prog):
             tuning = {}
             try:
                 if provider == "resnet_fast fused" and cuda:
-                    from resnet_fast.kernels import conv as triton_conv
-
                     triton_conv._conv2d_bias_act_kernel.configs_timings = None
                     tma_before = dict(triton_conv._tma_choice)
                     out0 = fn(0).float()  # the first call tunes (or reads the disk cache)
@@ -214,12 +224,19 @@ def bench_conv(args, rows, header, prog):
                              "error": f"{type(e).__name__}: {e}"[:300]})
                 common.write_json(args.json, header, rows)
                 continue
+            graph = None
+            if cuda:
+                try:  # diagnostic only: a provider that cannot be captured keeps its eager row
+                    graph = common.graph_ms(fn, max(count, 10))
+                except Exception as e:  # noqa: BLE001
+                    print(f"\n{label} {provider}: graph timing failed ({type(e).__name__}: {e})", file=sys.stderr)
+                    torch.cuda.synchronize()
             base = base or t["median_ms"]
             tflops = flops / (t["median_ms"] * 1e-3) / 1e12
             rows.append({"kernel": "conv2d_bias_act", "shape": shape_name,
                          "provider": provider, "median_ms": t["median_ms"], "tflops": tflops, "fraction_of_peak": tflops / peak,
                          "speedup_vs_baseline": base / t["median_ms"], "max_rel_err": err, "max_abs_err": abs_err,
-                         **tuning})
+                         "graph_ms": graph, **tuning})
             common.write_json(args.json, header, rows)
         report(args, header, rows)
         prog.step(label)

@@ -62,6 +62,31 @@ def time_fn(fn: Callable[[int], object], device: str, iters: int, warmup: int, b
     return {"median_ms": statistics.median(times), "p20_ms": percentile(times, 0.2), "p80_ms": percentile(times, 0.8), "n": len(times)}
 
 
+def graph_ms(fn: Callable[[int], object], calls: int, reps: int = 5) -> float:
+    """CUDA: device time per call with the host out of the way: ``calls`` calls (``fn(i)``, i picks
+    a rotated input) captured in one CUDA graph, the graph replayed ``reps`` times. Beside
+    ``time_fn``'s eager figure it tells a kernel that is slow from a call whose host path is."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for i in range(3):  # anything left to tune or compile happens outside the capture
+            fn(i)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for i in range(calls):
+            fn(i)
+    graph.replay()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / (reps * calls)
+
+
 def sync_latency_ms(fn: Callable[[int], object], iters: int, budget_s: float = 2.0) -> float:
     """CUDA: the median time from a call to its result being ready, each call alone (synchronised
     before and after): what a caller waiting for one answer sees, CPU work included. ``time_fn``'s

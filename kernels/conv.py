@@ -653,8 +653,8 @@ def conv2d_bias_act(
     """
     global launch_count
     plan_key = None
-    if direct.ENABLED and _direct_ok(x) and index_64 is None and split_k is None and serial_split is None and tma is None:
-        plan_key = _plan_key(x, weight, bias, residual, out, stride, padding, dilation, groups, relu)
+    if direct.ENABLED and _direct_ok(x) and index_64 is None and split_k is None and serial_split is None:
+        plan_key = _plan_key(x, weight, bias, residual, out, stride, padding, dilation, groups, relu, tma)
         plan = _plans.get(plan_key) if plan_key is not None else None
         if plan is not None:
             try:
@@ -783,9 +783,13 @@ def conv2d_bias_act(
             args = args[:3] + (residual,) + args[4:]
     if tma:
         with _tuning_lock:
-            conv1x1_tma.launch(x, weight, bias, residual, y, relu, tma_config)
+            kernel = conv1x1_tma.launch(x, weight, bias, residual, y, relu, tma_config)
             if tma_config is None:
                 _tma_forced[tuning_key] = conv1x1_tma.best_config()
+        if (plan_key is not None and tma_config is not None and x is x_in and weight is weight_in and bias is bias_in
+                and residual is residual_in):
+            _remember(plan_key, kernel, conv1x1_tma.launch_grid(x, y, tma_config), y, relu, tma_config=tma_config,
+                      tail=conv1x1_tma.launch_values(x, weight, bias, residual, y, relu, tma_config)[5:])
         launch_count += 1
         return y
     if config_kwargs is None:
@@ -821,7 +825,7 @@ _plans = {}
 _MAX_PLANS = 4096
 
 
-def _plan_key(x, weight, bias, residual, out, stride, padding, dilation, groups, relu):
+def _plan_key(x, weight, bias, residual, out, stride, padding, dilation, groups, relu, tma=None):
     """Everything a launch of this conv depends on, or None (no direct launch: a pointer that is not
     16-byte aligned, which Triton would compile another specialisation for)."""
     ptrs = x.data_ptr() | weight.data_ptr() | bias.data_ptr()
@@ -839,7 +843,7 @@ def _plan_key(x, weight, bias, residual, out, stride, padding, dilation, groups,
     return (x.shape, x.stride(), x.dtype, x.get_device(), weight.shape, weight.stride(), weight.dtype,
             weight.get_device(), bias.shape, bias.stride(), bias.dtype, bias.get_device(), extra,
             tuple(stride), tuple(padding), tuple(dilation), groups, relu, tf32,
-            id(_chosen_configs), id(_tma_choice), _tma_auto)
+            id(_chosen_configs), id(_tma_choice), _tma_auto, tma, id(_tma_forced))
 
 
 def _direct_ok(x: torch.Tensor) -> bool:

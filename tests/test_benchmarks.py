@@ -151,6 +151,12 @@ def test_targets_verdicts(tmp_path):
     assert got["add_relu_bandwidth"][1] == "NOT met" and "80%" in got["add_relu_bandwidth"][0]
     assert got["conv_vs_unfused"][1] == "NOT met" and "1/2 shapes" in got["conv_vs_unfused"][0] and "0.80x" in got["conv_vs_unfused"][0]
     assert got["model_2x"][1] == "met" and "2.14x" in got["model_2x"][0]
+    assert "kernels alone" not in got["conv_vs_unfused"][0]  # no graph_ms column: nothing said
+    for row, graph in zip(kernels["rows"][2:], [1.9, 0.9, 1.0, 0.8]):
+        row["graph_ms"] = graph
+    (tmp_path / "kernels-bf16.json").write_text(json.dumps(kernels))
+    conv_row = _targets(tmp_path)["conv_vs_unfused"]
+    assert conv_row[1] == "NOT met" and "kernels alone (graph replay) 2/2, worst 1.25x" in conv_row[0]  # informational
     assert got["graph_latency"] == ("0.750 ms", "NOT met")
     model["rows"][2].update(median_ms=0.45, sync_ms=0.65)  # fast on the GPU, slow to call: the caller's latency decides
     (tmp_path / "model-bf16.json").write_text(json.dumps(model))

@@ -41,12 +41,17 @@ def interpreted_direct(monkeypatch):
 
         @classmethod
         def of(cls, kernel, grid):
-            jit_fn = triton_conv._conv2d_bias_act_kernel.fn
+            from resnet_fast.kernels import conv1x1_tma
 
             def launcher(g0, g1, g2, stream, function, metadata, launch_metadata, enter, leave, *values):
                 assert stream == 0 and launch_metadata is None
-                assert all(isinstance(v, int) for v in values[:7]), "pointers are passed as integers"
-                jit_fn[(g0, g1, g2)](*[seen[v] for v in values[:7]], *values[7:])
+                general = triton_conv._conv2d_bias_act_kernel.fn
+                if len(values) == len(general.arg_names):
+                    assert all(isinstance(v, int) for v in values[:7]), "pointers are passed as integers"
+                    general[(g0, g1, g2)](*[seen[v] for v in values[:7]], *values[7:])
+                else:  # the TMA kernel: four descriptors, then the bias pointer
+                    assert isinstance(values[4], int)
+                    conv1x1_tma._conv1x1_tma_kernel.fn[(g0, g1, g2)](*values[:4], seen[values[4]], *values[5:])
 
             return cls(kernel, launcher, "function", "metadata", tuple(grid))
 
@@ -56,6 +61,8 @@ def interpreted_direct(monkeypatch):
     monkeypatch.setattr(triton_conv, "_direct_ok", lambda x: True)
     monkeypatch.setattr(triton_conv, "_plans", {})
     monkeypatch.setattr(triton_conv, "_chosen_configs", {})  # each test's first call tunes
+    monkeypatch.setattr(triton_conv, "_tma_forced", {})
+    monkeypatch.setattr(triton_conv, "_tma_choice", {})
     monkeypatch.setattr(triton_conv, "_sm_count", lambda device: 132)
     return triton_conv, direct
 
@@ -119,12 +126,31 @@ def test_what_a_plan_does_not_cover_goes_through_triton(interpreted_direct):
     # Another layout of x (copied by the launcher first), forced options, another tuning state.
     assert launches(x.contiguous()) == 0
     assert launches(x, index_64=True) == 0 and launches(x, split_k=2) == 0
+    # Forcing the general kernel is a launch of its own (its own plan), then direct too.
+    assert [launches(x, tma=False) for _ in range(3)] == [0, 1, 1]
     triton_conv._chosen_configs, saved = {}, triton_conv._chosen_configs
     try:
         assert launches(x) == 0
     finally:
         triton_conv._chosen_configs = saved
     assert launches(x) == 1
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("residual", [False, True])
+def test_forced_tma_kernel_launches_directly(interpreted_direct, residual):
+    triton_conv, direct = interpreted_direct
+    c, oc, n, h, w = 32, 48, 2, 9, 7  # 16-bit data, rows a multiple of 16 bytes
+    directs = []
+    for seed in range(3):
+        x, weight, bias, res, ref = _inputs(c, oc, 1, 1, 0, n, h, w, residual, seed=seed)
+        x, weight = x.half(), weight.half()
+        res = None if res is None else res.half()
+        before = direct.launch_count
+        y = triton_conv.conv2d_bias_act(x, weight, bias, res, [1, 1], [0, 0], [1, 1], 1, True, tma=True)
+        directs.append(direct.launch_count - before)
+        assert rel_err(y, ref) < 5e-3, seed
+    assert directs == [0, 0, 1]  # tunes, launches with its config and keeps the plan, direct
 
 
 @pytest.mark.interpreter
