@@ -13,7 +13,7 @@ W=${SUITE_DIR:-/tmp/gpu_suite}
 rm -rf "$W"
 export PYTHONUNBUFFERED=1
 bash "$(dirname "$0")/gpu_suite.sh" "$W" "$@"
-for f in summary.md model-bf16.json host-bf16.json kernels-bf16.json compile-bf16.json model-fp16.json; do
+for f in summary.md model-bf16.json host-bf16.json kernels-bf16.json model-fp16.json model-bf16.png; do
   [ -f "$W/$f" ] && cp "$W/$f" "$OUT/"
 done
 tar czf "$OUT/gpu_suite_logs.tgz" -C "$(dirname "$W")" "$(basename "$W")"

@@ -7,7 +7,7 @@
 #   bash benchmarks/gpu_suite.sh OUTDIR            # run
 #   bash benchmarks/gpu_suite.sh OUTDIR --dry-run  # list the steps (works on a CPU machine)
 #
-# Step budgets (seconds) can be changed with T_INSTALL, T_HOST, T_TESTS, T_MODEL_BF16, T_KERNELS, T_COMPILE, T_PROFILE, T_MODEL_FP16;
+# Step budgets (seconds) can be changed with T_INSTALL, T_HOST, T_TESTS, T_MODEL_BF16, T_KERNELS, T_PROFILE, T_MODEL_FP16;
 # SUITE_BUDGET (default 400) caps the whole run: with the machine's start-up it leaves a lent
 # session's 15 minutes room for a shorter second run.
 set -u
@@ -33,10 +33,11 @@ if [ "$DRY" = 0 ] && ! ls "$ROOT"/resnet_fast/_C*.so > /dev/null 2>&1; then
 fi
 step extension    20                    $PY -c "import resnet_fast, torch; from resnet_fast import _extension; print('extension:', _extension.status()); print('cuda add_relu kernel:', _extension.has_cuda_kernels())"
 step device       10                    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,power.limit --format=csv,noheader
-# The headline first: the whole model, every provider but torch.compile (it recompiles per batch
-# size, a minute or more each: its own step below). Batch 256 first: rows are saved one by one, so
-# the headline number survives if the step runs out of time.
-step model_bf16   "${T_MODEL_BF16:-90}" $PY benchmarks/bench_model.py --device cuda --models resnet50 --batch-sizes 256,1,16 --dtype bfloat16 --iters 30 --budget 3 --json "$OUT/model-bf16.json" --markdown "$OUT/model-bf16.md" --plot "$OUT/model-bf16.png"
+# The headline first: the whole model, every provider, torch.compile included (default mode:
+# max-autotune compiles for minutes per batch size; COMPILE_MODE=max-autotune where time allows).
+# Batch 256 first, torch.compile last within each batch size, rows saved one by one: the headline
+# numbers survive a step that runs out of time.
+step model_bf16   "${T_MODEL_BF16:-170}" $PY benchmarks/bench_model.py --device cuda --models resnet50 --batch-sizes 256,1,16 --dtype bfloat16 --compile --compile-mode "${COMPILE_MODE:-default}" --iters 30 --budget 3 --json "$OUT/model-bf16.json" --markdown "$OUT/model-bf16.md" --plot "$OUT/model-bf16.png"
 # Host time of the eager forward at small batch (launch-bound), direct Triton launches on and off in
 # one process, and a cProfile of what is left (kernels are compiled and tuned by now).
 step host         "${T_HOST:-40}"       $PY benchmarks/host_overhead.py --device cuda --dtype bfloat16 --batch-sizes 1,16 --json "$OUT/host-bf16.json" --markdown "$OUT/host-bf16.md"
@@ -55,12 +56,8 @@ step tests        "${T_TESTS:-110}"     env RESNET_FAST_AUTOTUNE=0 $PY -m pytest
 # which convs the CUDA graph's replay time goes to; at 256, the conv/pooling split. At batch 1 also the
 # graph replay with split-K shares added in the conv (the default) against separate reduce kernels.
 step profile      "${T_PROFILE:-50}"    $PY benchmarks/profile_model.py --device cuda --model resnet50 --batch-sizes 1,256 --dtype bfloat16 --json "$OUT/profile-bf16.json" --markdown "$OUT/profile-bf16.md"
-# torch.compile (default mode: max-autotune compiles for minutes) at batch 256, beside torchvision
-# and resnet_fast again in the same process (not the cuDNN-backend and graph variants: model_bf16
-# timed them); rows are saved per provider and compile comes last.
-step compile_bf16 "${T_COMPILE:-90}"   $PY benchmarks/bench_model.py --device cuda --models resnet50 --batch-sizes 256 --dtype bfloat16 --compile --compile-mode "${COMPILE_MODE:-default}" --skip-providers resnet_fast_torch_backend,resnet_fast_graph --iters 20 --budget 2 --json "$OUT/compile-bf16.json" --markdown "$OUT/compile-bf16.md"
-step model_fp16   "${T_MODEL_FP16:-60}"  $PY benchmarks/bench_model.py --device cuda --models resnet50 --batch-sizes 256 --dtype float16 --iters 20 --budget 2 --json "$OUT/model-fp16.json" --markdown "$OUT/model-fp16.md"
-
+# fp16: the same providers and batch sizes, torch.compile included.
+step model_fp16   "${T_MODEL_FP16:-150}" $PY benchmarks/bench_model.py --device cuda --models resnet50 --batch-sizes 256,1,16 --dtype float16 --compile --compile-mode "${COMPILE_MODE:-default}" --iters 20 --budget 2 --json "$OUT/model-fp16.json" --markdown "$OUT/model-fp16.md"
 {
   echo "# gpu_suite $( [ "$DRY" = 1 ] && echo '(dry run)' ) $(date -u +%Y-%m-%dT%H:%M:%SZ)"
   echo
@@ -88,7 +85,7 @@ step model_fp16   "${T_MODEL_FP16:-60}"  $PY benchmarks/bench_model.py --device 
     echo
     $PY benchmarks/targets.py "$OUT" 2>&1
     echo
-    for f in model-bf16 host-bf16 kernels-bf16 compile-bf16 model-fp16 profile-bf16; do
+    for f in model-bf16 host-bf16 kernels-bf16 model-fp16 profile-bf16; do
       [ -f "$OUT/$f.md" ] && { cat "$OUT/$f.md"; echo; }
     done
   fi

@@ -12,11 +12,14 @@ def test_gpu_suite_dry_run(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     steps = [line.split()[0] for line in proc.stdout.splitlines() if line and not line.startswith(("#", "|", "Total"))]
-    for name in ("install", "extension", "device", "tests", "kernels", "model_bf16", "compile_bf16", "profile", "model_fp16"):
+    for name in ("install", "extension", "device", "tests", "kernels", "model_bf16", "host", "profile", "model_fp16"):
         assert name in steps, proc.stdout
     summary = (tmp_path / "out" / "summary.md").read_text()
     assert "dry run" in summary and "| tests | dry-run |" in summary
     assert "pytest -m gpu" in proc.stdout and "--compile" in proc.stdout
+    for step in ("model_bf16", "model_fp16"):  # issue 5: batch 1, 16 and 256, each dtype, torch.compile beside
+        line = next(line for line in proc.stdout.splitlines() if line.startswith(step))
+        assert "--batch-sizes 256,1,16" in line and "--compile" in line, line
 
 
 def test_bench_model_smoke(tmp_path):
