@@ -659,6 +659,8 @@ def conv2d_bias_act(
         if plan is not None:
             try:
                 y = plan.run(x, weight, bias, residual, out)
+            except torch.OutOfMemoryError:
+                raise  # the normal path would run out too; direct launches are not at fault
             except Exception as e:  # noqa: BLE001 - raised before any kernel ran: the normal path below
                 direct.disable(e)
                 _plans.clear()

@@ -245,3 +245,23 @@ def test_a_direct_launch_that_raises_turns_them_off_and_the_call_still_runs(inte
         y = call()
     assert rel_err(y, ref) < 1e-5
     assert direct.ENABLED is False and "TypeError" in direct.failure and not triton_conv._plans
+
+
+@pytest.mark.interpreter
+def test_out_of_memory_in_a_direct_launch_is_not_blamed_on_it(interpreted_direct, monkeypatch):
+    triton_conv, direct = interpreted_direct
+    x, weight, bias, _, _ = _inputs(40, 48, 1, 1, 0, 2, 9, 7, False, seed=0)
+
+    def call():
+        return triton_conv.conv2d_bias_act(x, weight, bias, None, [1, 1], [0, 0], [1, 1], 1, True)
+
+    call()
+    call()
+
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(torch, "empty_strided", oom)
+    with pytest.raises(torch.OutOfMemoryError):
+        call()
+    assert direct.ENABLED and triton_conv._plans
