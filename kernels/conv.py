@@ -656,12 +656,12 @@ def conv2d_bias_act(
     if direct.ENABLED and _direct_ok(x) and index_64 is None and split_k is None and serial_split is None:
         plan_key = _plan_key(x, weight, bias, residual, out, stride, padding, dilation, groups, relu, tma)
         plan = _plans.get(plan_key) if plan_key is not None else None
-        if plan is not None:
+        if plan is not None and plan.current():
             try:
                 y = plan.run(x, weight, bias, residual, out)
-            except torch.OutOfMemoryError:
-                raise  # the normal path would run out too; direct launches are not at fault
-            except Exception as e:  # noqa: BLE001 - raised before any kernel ran: the normal path below
+            except (TypeError, ValueError, AttributeError) as e:
+                # A launcher of another Triton refusing the call (raised before the kernel was queued):
+                # the normal path below. Anything else (out of memory, a CUDA error) is not theirs.
                 direct.disable(e)
                 _plans.clear()
                 y = None
@@ -844,8 +844,7 @@ def _plan_key(x, weight, bias, residual, out, stride, padding, dilation, groups,
     tf32 = cudnn_conv_allows_tf32() if x.dtype == torch.float32 else None
     return (x.shape, x.stride(), x.dtype, x.get_device(), weight.shape, weight.stride(), weight.dtype,
             weight.get_device(), bias.shape, bias.stride(), bias.dtype, bias.get_device(), extra,
-            tuple(stride), tuple(padding), tuple(dilation), groups, relu, tf32,
-            id(_chosen_configs), id(_tma_choice), _tma_auto, tma, id(_tma_forced))
+            tuple(stride), tuple(padding), tuple(dilation), groups, relu, tf32, _tma_auto, tma)
 
 
 def _direct_ok(x: torch.Tensor) -> bool:
@@ -856,7 +855,7 @@ class _Plan:
     """How to repeat one launch: the output's shape, the buffers to allocate, the compiled kernel."""
 
     __slots__ = ("direct", "tail", "y_shape", "y_strides", "pad_c", "workspace", "counters", "reduce", "tma_config",
-                 "relu")
+                 "relu", "tuning")
 
     def __init__(self, direct_launch, tail, y, pad_c, workspace, counters, reduce, tma_config, relu):
         self.direct = direct_launch
@@ -864,6 +863,15 @@ class _Plan:
         self.y_shape, self.y_strides = tuple(y.shape), tuple(y.stride())
         self.pad_c, self.workspace, self.counters, self.reduce = pad_c, workspace, counters, reduce
         self.tma_config, self.relu = tma_config, relu
+        self.tuning = _tuning_tables()
+
+    def current(self) -> bool:
+        """Whether the tuning tables the plan came from are still the launcher's (tests and tools swap
+        them to tune afresh; the plan holds them, so a new table never reuses an old one's identity),
+        and the TMA kernel is still allowed for a TMA plan (RESNET_FAST_TMA is read on every call)."""
+        tables = self.tuning
+        return (tables[0] is _chosen_configs and tables[1] is _tma_choice and tables[2] is _tma_forced
+                and (self.tma_config is None or conv1x1_tma.allowed()))
 
     def run(self, x, weight, bias, residual, out):
         """y, or None where this call needs the full launcher (counters not 16-byte aligned)."""
@@ -888,6 +896,10 @@ class _Plan:
         if self.reduce:
             _splitk_reduce(workspace, bias, residual, y, self.relu)
         return y
+
+
+def _tuning_tables():
+    return (_chosen_configs, _tma_choice, _tma_forced)
 
 
 def _remember(key, kernel, grid, y, relu, tail, tma_config=None, pad_c=False, workspace=None, counters=0, reduce=False):

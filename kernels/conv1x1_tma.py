@@ -121,10 +121,15 @@ def _conv1x1_tma_kernel(a_desc, b_desc, r_desc, y_desc, b_ptr, M, N, K, M_BUCKET
 _HOPPER_OR_LATER = {}
 
 
+def allowed() -> bool:
+    """Triton has tensor descriptors and RESNET_FAST_TMA=0 is not set (read on every call)."""
+    return TensorDescriptor is not None and os.environ.get("RESNET_FAST_TMA", "1") != "0"
+
+
 def available(x: torch.Tensor) -> bool:
     """Whether this device and Triton can run the kernel at all (sm_90+, tensor descriptors).
     RESNET_FAST_TMA=0 turns it off."""
-    if TensorDescriptor is None or os.environ.get("RESNET_FAST_TMA", "1") == "0":
+    if not allowed():
         return False
     if INTERPRET:
         return True

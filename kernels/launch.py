@@ -11,8 +11,9 @@ same specialisation (the caller's key must cover every property Triton specialis
 inductor launches the kernels it compiled.
 
 Launch hooks (Triton's profiler, proton) still see every launch: their metadata is built exactly as
-``JITFunction.run`` builds it whenever a hook is registered. ``RESNET_FAST_DIRECT_LAUNCH=0`` turns
-direct launches off (every launch through ``JITFunction.run``).
+``JITFunction.run`` builds it whenever a hook is registered. Triton settings changed after a kernel's
+first launches (``knobs.runtime.debug``, the instrumentation mode) do not reach its direct launches.
+``RESNET_FAST_DIRECT_LAUNCH=0`` turns direct launches off (every launch through ``JITFunction.run``).
 """
 from __future__ import annotations
 
@@ -109,6 +110,12 @@ class Direct:
         except Exception:  # noqa: BLE001 - another Triton's CompiledKernel: keep the normal path
             return None
         if function is None or not callable(launcher) or len(grid) != 3:
+            return None
+        # What JITFunction.run checks on every launch and a direct launch does not: pre-run hooks
+        # (none registered on our kernels) and globals changed since the compile (our kernels read
+        # only module constants).
+        src_fn = getattr(getattr(kernel, "src", None), "fn", None)
+        if getattr(src_fn, "pre_run_hooks", None):
             return None
         return cls(kernel, launcher, function, metadata, tuple(int(g) for g in grid))
 

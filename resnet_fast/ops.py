@@ -453,6 +453,7 @@ def _max_pool2d_fake(x, kernel_size, stride, padding, dilation, ceil_mode):
 
 
 _len_dispatch_stack = getattr(torch._C, "_len_torch_dispatch_stack", None)
+_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", None)
 _tracing_state = getattr(torch._C, "_get_tracing_state", lambda: None)
 _function_mode_on = getattr(torch._C, "_is_torch_function_mode_enabled", None)
 
@@ -462,14 +463,16 @@ def direct_call_ok(x: torch.Tensor) -> bool:
     op's CPU/CUDA body directly instead of going through the dispatcher (~5 us a conv: a tenth of
     a small-batch forward). Only for plain tensors in plain eager mode, with no autograd to record:
     whenever anything could look at the op (torch.compile/export tracing, torch.jit.trace, a
-    TorchDispatchMode or TorchFunctionMode such as FlopCounterMode, the profiler, tensor subclasses)
-    the op runs."""
+    TorchDispatchMode or TorchFunctionMode such as FlopCounterMode, the profiler, tensor subclasses,
+    vmap and the other torch.func transforms) the op runs."""
     if torch.compiler.is_compiling():  # first: dynamo folds it to True and traces nothing below
         return False
     return (
         _tracing_state() is None  # torch.jit.trace (and the TorchScript-based ONNX export) records ops
         and type(x) is torch.Tensor
         and _len_dispatch_stack is not None and _function_mode_on is not None
+        # vmap, torch.func.grad, functionalize: their wrapped tensors are of type torch.Tensor too
+        and _functorch_active is not None and not _functorch_active()
         and not (torch.is_grad_enabled() and x.requires_grad)
         and _len_dispatch_stack() == 0
         and not _function_mode_on()
@@ -495,7 +498,8 @@ def conv2d_bias_act(
     small conv's host time); anything that could observe the op (tracing, modes, the profiler,
     subclasses, autograd) goes through ``torch.ops``."""
     stride, padding, dilation = list(stride), list(padding), list(dilation)
-    if ((x.is_cuda or x.is_cpu) and direct_call_ok(x) and _plain(weight) and _plain(bias)
+    # direct_call_ok first: its type check stops an FX Proxy before anything branches on it.
+    if (direct_call_ok(x) and (x.is_cuda or x.is_cpu) and _plain(weight) and _plain(bias)
             and (residual is None or _plain(residual))):
         return _conv2d_bias_act_impl(x, weight, bias, residual, stride, padding, dilation, groups, relu)
     return torch.ops.resnet_fast.conv2d_bias_act(x, weight, bias, residual, stride, padding, dilation, groups, relu)

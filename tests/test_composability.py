@@ -256,3 +256,29 @@ def test_public_conv_function_skips_the_dispatcher_only_when_nothing_can_observe
     for needs_grad in (w.clone().requires_grad_(), b.clone().requires_grad_()):
         call = (x, needs_grad, b) if needs_grad.dim() == 4 else (x, w, needs_grad)
         assert rel_err(ops.conv2d_bias_act(*call, *args), ref) < 1e-5  # through torch.ops
+
+
+def test_public_conv_function_under_fx_tracing_and_vmap():
+    import warnings
+
+    from resnet_fast import ops
+
+    torch.manual_seed(0)
+    w, b = torch.randn(12, 8, 3, 3) / 8, torch.randn(12)
+    args = (None, [1, 1], [1, 1], [1, 1], 1, True)
+
+    class Conv(nn.Module):
+        def forward(self, x):
+            return ops.conv2d_bias_act(x, w, b, *args)
+
+    x = torch.randn(2, 8, 9, 7)
+    traced = torch.fx.symbolic_trace(Conv())  # a Proxy must not reach a branch
+    assert any("conv2d_bias_act" in str(node.target) for node in traced.graph.nodes)
+    assert torch.equal(traced(x), Conv()(x))
+    xs = torch.randn(3, 2, 8, 9, 7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # vmap's "no batching rule, looping" performance warning
+        out = torch.func.vmap(lambda xi: ops.conv2d_bias_act(xi, w, b, *args))(xs)
+    for i in range(3):
+        ref = torch.nn.functional.conv2d(xs[i].double(), w.double(), b.double(), 1, 1).relu()
+        assert rel_err(out[i], ref) < 1e-5

@@ -265,3 +265,45 @@ def test_out_of_memory_in_a_direct_launch_is_not_blamed_on_it(interpreted_direct
     with pytest.raises(torch.OutOfMemoryError):
         call()
     assert direct.ENABLED and triton_conv._plans
+
+
+@pytest.mark.interpreter
+def test_other_errors_in_a_direct_launch_propagate_and_keep_it_on(interpreted_direct):
+    triton_conv, direct = interpreted_direct
+    x, weight, bias, _, _ = _inputs(40, 48, 1, 1, 0, 2, 9, 7, False, seed=0)
+
+    def call():
+        return triton_conv.conv2d_bias_act(x, weight, bias, None, [1, 1], [0, 0], [1, 1], 1, True)
+
+    call()
+    call()
+    (plan,) = triton_conv._plans.values()
+
+    def cuda_error(*args):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    plan.direct.launcher = cuda_error
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        call()
+    assert direct.ENABLED and triton_conv._plans
+
+
+@pytest.mark.interpreter
+def test_a_plan_follows_the_tuning_tables_and_the_tma_switch(interpreted_direct, monkeypatch):
+    triton_conv, direct = interpreted_direct
+    x, weight, bias, _, _ = _inputs(32, 48, 1, 1, 0, 2, 9, 7, False, seed=0)
+    x, weight = x.half(), weight.half()
+
+    def call():
+        before = direct.launch_count
+        triton_conv.conv2d_bias_act(x, weight, bias, None, [1, 1], [0, 0], [1, 1], 1, True, tma=True)
+        return direct.launch_count - before
+
+    assert [call() for _ in range(3)] == [0, 0, 1]
+    (plan,) = triton_conv._plans.values()
+    assert plan.current()
+    monkeypatch.setattr(triton_conv, "_tma_choice", {})  # a fresh table: the plan is not used with it
+    assert not plan.current() and call() == 0
+    monkeypatch.setenv("RESNET_FAST_TMA", "0")  # read on every call: neither the plan nor the kernel
+    with pytest.raises(ValueError, match="cannot take the TMA kernel"):
+        call()
