@@ -97,12 +97,14 @@ def main(argv=None) -> int:
                 if on is not None:
                     direct.ENABLED = on
                 before = direct.launch_count
+                alone = max(10, args.iters // 2)
                 q = queued_ms(fn, device, args.iters)
-                s = sync_ms(fn, device, max(10, args.iters // 2))
+                s = sync_ms(fn, device, alone)
                 direct.ENABLED = enabled
+                forwards = args.iters + 1 + alone  # queued_ms runs one more first
                 rows.append({"what": "forward", "batch_size": batch, "provider": name, "queued_ms": round(q, 4),
                              "sync_ms": round(s, 4),
-                             "direct_launches_per_forward": (direct.launch_count - before) / (args.iters + 1 + max(10, args.iters // 2))})
+                             "direct_launches_per_forward": (direct.launch_count - before) / forwards})
                 common.write_json(args.json, header, rows)
                 print(rows[-1], flush=True)
         # One conv at batch 1 (layer4.1.conv1: 2048 -> 512, 7x7): host cost per call, queued.

@@ -669,6 +669,11 @@ def conv2d_bias_act(
                 launch_count += 1
                 return y
     x_in, weight_in, bias_in, residual_in = x, weight, bias, residual
+
+    def inputs_kept(x_padded: bool = False) -> bool:
+        """Whether the launch used the caller's tensors (no copy, repack or tuning clone), which a
+        plan reuses; the stem's padded x is redone by the plan itself."""
+        return (x is x_in or x_padded) and weight is weight_in and bias is bias_in and residual is residual_in
     if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise TypeError(f"resnet_fast Triton conv: expected float32, float16 or bfloat16, got {x.dtype}")
     reason = unsupported(x, padding, groups)
@@ -759,9 +764,8 @@ def conv2d_bias_act(
     tma_choice = _tma_choice.get(tuning_key) if auto_tma else None
     if tma_choice:
         kernel = conv1x1_tma.launch(x, weight, bias, residual, y, relu, tma_choice)
-        if plan_key is not None and x is x_in and weight is weight_in and bias is bias_in and residual is residual_in:
-            _remember(plan_key, kernel, conv1x1_tma.launch_grid(x, y, tma_choice), y, relu, tma_config=tma_choice,
-                      tail=conv1x1_tma.launch_values(x, weight, bias, residual, y, relu, tma_choice)[5:])
+        if plan_key is not None and inputs_kept():
+            _remember_tma(plan_key, kernel, x, weight, bias, residual, y, relu, tma_choice)
         launch_count += 1
         return y
     tma_config = _tma_forced.get(tuning_key) if tma else None
@@ -788,10 +792,8 @@ def conv2d_bias_act(
             kernel = conv1x1_tma.launch(x, weight, bias, residual, y, relu, tma_config)
             if tma_config is None:
                 _tma_forced[tuning_key] = conv1x1_tma.best_config()
-        if (plan_key is not None and tma_config is not None and x is x_in and weight is weight_in and bias is bias_in
-                and residual is residual_in):
-            _remember(plan_key, kernel, conv1x1_tma.launch_grid(x, y, tma_config), y, relu, tma_config=tma_config,
-                      tail=conv1x1_tma.launch_values(x, weight, bias, residual, y, relu, tma_config)[5:])
+        if plan_key is not None and tma_config is not None and inputs_kept():
+            _remember_tma(plan_key, kernel, x, weight, bias, residual, y, relu, tma_config)
         launch_count += 1
         return y
     if config_kwargs is None:
@@ -803,8 +805,7 @@ def conv2d_bias_act(
             config_kwargs = _chosen_configs[tuning_key] = config.all_kwargs()
     else:
         kernel = _conv2d_bias_act_kernel.fn[grid](*args, **constexprs, **config_kwargs)
-        if (plan_key is not None and not decide_tma and weight is weight_in and bias is bias_in
-                and residual is residual_in and (x is x_in or pad_c)):
+        if plan_key is not None and not decide_tma and inputs_kept(pad_c):
             values = direct.arg_values(_conv2d_bias_act_kernel.fn, args, {**constexprs, **config_kwargs})
             if values is not None:
                 _remember(plan_key, kernel, grid(config_kwargs), y, relu, tail=values[7:], pad_c=pad_c,
@@ -900,6 +901,11 @@ class _Plan:
 
 def _tuning_tables():
     return (_chosen_configs, _tma_choice, _tma_forced)
+
+
+def _remember_tma(key, kernel, x, weight, bias, residual, y, relu, config):
+    _remember(key, kernel, conv1x1_tma.launch_grid(x, y, config), y, relu, tma_config=config,
+              tail=conv1x1_tma.launch_values(x, weight, bias, residual, y, relu, config)[5:])
 
 
 def _remember(key, kernel, grid, y, relu, tail, tma_config=None, pad_c=False, workspace=None, counters=0, reduce=False):

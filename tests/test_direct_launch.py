@@ -224,9 +224,8 @@ def test_gpu_direct_launch_of_the_tma_kernel(monkeypatch, in_place):
     assert directs == [0, 0, 1]
 
 
-@pytest.mark.interpreter
-def test_a_direct_launch_that_raises_turns_them_off_and_the_call_still_runs(interpreted_direct, monkeypatch):
-    triton_conv, direct = interpreted_direct
+def _planned_call(triton_conv):
+    """A 1x1 conv called twice (tuned, then planned): ``(call, ref)``, the next call launching directly."""
     x, weight, bias, _, ref = _inputs(40, 48, 1, 1, 0, 2, 9, 7, False, seed=0)
 
     def call():
@@ -234,6 +233,13 @@ def test_a_direct_launch_that_raises_turns_them_off_and_the_call_still_runs(inte
 
     call()
     call()
+    return call, ref
+
+
+@pytest.mark.interpreter
+def test_a_direct_launch_that_raises_turns_them_off_and_the_call_still_runs(interpreted_direct, monkeypatch):
+    triton_conv, direct = interpreted_direct
+    call, ref = _planned_call(triton_conv)
     (plan,) = triton_conv._plans.values()
 
     def refuses(*args):
@@ -250,13 +256,7 @@ def test_a_direct_launch_that_raises_turns_them_off_and_the_call_still_runs(inte
 @pytest.mark.interpreter
 def test_out_of_memory_in_a_direct_launch_is_not_blamed_on_it(interpreted_direct, monkeypatch):
     triton_conv, direct = interpreted_direct
-    x, weight, bias, _, _ = _inputs(40, 48, 1, 1, 0, 2, 9, 7, False, seed=0)
-
-    def call():
-        return triton_conv.conv2d_bias_act(x, weight, bias, None, [1, 1], [0, 0], [1, 1], 1, True)
-
-    call()
-    call()
+    call, _ = _planned_call(triton_conv)
 
     def oom(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory")
@@ -270,13 +270,7 @@ def test_out_of_memory_in_a_direct_launch_is_not_blamed_on_it(interpreted_direct
 @pytest.mark.interpreter
 def test_other_errors_in_a_direct_launch_propagate_and_keep_it_on(interpreted_direct):
     triton_conv, direct = interpreted_direct
-    x, weight, bias, _, _ = _inputs(40, 48, 1, 1, 0, 2, 9, 7, False, seed=0)
-
-    def call():
-        return triton_conv.conv2d_bias_act(x, weight, bias, None, [1, 1], [0, 0], [1, 1], 1, True)
-
-    call()
-    call()
+    call, _ = _planned_call(triton_conv)
     (plan,) = triton_conv._plans.values()
 
     def cuda_error(*args):
