@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
 COLUMNS = ["kernel", "shape", "provider", "median_ms", "tflops", "gbps", "fraction_of_peak", "speedup_vs_baseline", "max_rel_err",
-           "max_abs_err", "graph_ms"]
+           "max_abs_err", "back_to_back_ms", "host_ms", "graph_ms"]
 
 
 def resnet50_convs():
@@ -224,9 +224,13 @@ def bench_conv(args, rows, header, prog):
                              "error": f"{type(e).__name__}: {e}"[:300]})
                 common.write_json(args.json, header, rows)
                 continue
-            graph = None
+            graph = queued = host = None
             if cuda:
-                try:  # diagnostic only: a provider that cannot be captured keeps its eager row
+                # Diagnostics beside the do_bench median: calls queued back to back (what sessions 1-7
+                # reported), the host's time per call, and the device time alone from a CUDA graph.
+                queued = common.back_to_back_ms(fn, args.iters)
+                host = common.host_ms(fn, args.iters, args.device)
+                try:  # a provider that cannot be captured keeps its other rows
                     graph = common.graph_ms(fn, max(count, 10))
                 except Exception as e:  # noqa: BLE001
                     print(f"\n{label} {provider}: graph timing failed ({type(e).__name__}: {e})", file=sys.stderr)
@@ -236,6 +240,7 @@ def bench_conv(args, rows, header, prog):
             rows.append({"kernel": "conv2d_bias_act", "shape": shape_name,
                          "provider": provider, "median_ms": t["median_ms"], "tflops": tflops, "fraction_of_peak": tflops / peak,
                          "speedup_vs_baseline": base / t["median_ms"], "max_rel_err": err, "max_abs_err": abs_err,
+                         "p20_ms": t["p20_ms"], "p80_ms": t["p80_ms"], "back_to_back_ms": queued, "host_ms": host,
                          "graph_ms": graph, **tuning})
             common.write_json(args.json, header, rows)
         report(args, header, rows)

@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import torch
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -155,11 +157,14 @@ def test_targets_verdicts(tmp_path):
     assert got["conv_vs_unfused"][1] == "NOT met" and "1/2 shapes" in got["conv_vs_unfused"][0] and "0.80x" in got["conv_vs_unfused"][0]
     assert got["model_2x"][1] == "met" and "2.14x" in got["model_2x"][0]
     assert "kernels alone" not in got["conv_vs_unfused"][0]  # no graph_ms column: nothing said
-    for row, graph in zip(kernels["rows"][2:], [1.9, 0.9, 1.0, 0.8]):
+    assert "back to back" not in got["conv_vs_unfused"][0]
+    for row, graph, queued in zip(kernels["rows"][2:], [1.9, 0.9, 1.0, 0.8], [2.0, 2.5, 1.0, 1.1]):
         row["graph_ms"] = graph
+        row["back_to_back_ms"] = queued
     (tmp_path / "kernels-bf16.json").write_text(json.dumps(kernels))
     conv_row = _targets(tmp_path)["conv_vs_unfused"]
     assert conv_row[1] == "NOT met" and "kernels alone (graph replay) 2/2, worst 1.25x" in conv_row[0]  # informational
+    assert "queued back to back 0/2, worst 0.80x" in conv_row[0]
     assert got["graph_latency"] == ("0.750 ms", "NOT met")
     model["rows"][2].update(median_ms=0.45, sync_ms=0.65)  # fast on the GPU, slow to call: the caller's latency decides
     (tmp_path / "model-bf16.json").write_text(json.dumps(model))
@@ -295,3 +300,30 @@ def test_ncu_summary_says_why_there_are_no_kernels(tmp_path):
                            str(tmp_path / "n.csv")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("0 kernels") and "==ERROR== ERR_NVGPUCTRPERM" in proc.stdout
+
+
+def test_gpu_timing_is_triton_do_bench(monkeypatch):
+    # DESIGN.md section 6: GPU rows are do_bench medians. No GPU here: do_bench and the sync are
+    # stand-ins; what is checked is what time_fn asks of them and makes of their answer.
+    import triton.testing
+
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import common
+    finally:
+        sys.path.pop(0)
+    asked = {}
+
+    def fake_do_bench(fn, warmup, rep, return_mode):
+        asked.update(warmup=warmup, rep=rep, return_mode=return_mode)
+        for _ in range(5):
+            fn()
+        return [3.0, 1.0, 2.0, 4.0, 5.0]
+
+    monkeypatch.setattr(triton.testing, "do_bench", fake_do_bench)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    seen = []
+    got = common.time_fn(lambda i: seen.append(i), "cuda", iters=10, warmup=2, budget_s=0.5)
+    assert got == {"median_ms": 3.0, "p20_ms": 2.0, "p80_ms": 4.0, "n": 5}
+    assert asked["return_mode"] == "all" and 20.0 <= asked["rep"] <= 500.0
+    assert seen == list(range(8))  # warm-up, the estimate, then do_bench's calls: each a new rotation index
