@@ -655,19 +655,9 @@ def conv2d_bias_act(
     plan_key = None
     if direct.ENABLED and _direct_ok(x) and index_64 is None and split_k is None and serial_split is None:
         plan_key = _plan_key(x, weight, bias, residual, out, stride, padding, dilation, groups, relu, tma)
-        plan = _plans.get(plan_key) if plan_key is not None else None
-        if plan is not None and plan.current():
-            try:
-                y = plan.run(x, weight, bias, residual, out)
-            except (TypeError, ValueError, AttributeError) as e:
-                # A launcher of another Triton refusing the call (raised before the kernel was queued):
-                # the normal path below. Anything else (out of memory, a CUDA error) is not theirs.
-                direct.disable(e)
-                _plans.clear()
-                y = None
-            if y is not None:
-                launch_count += 1
-                return y
+        y = _run_plan(plan_key, x, weight, bias, residual, out)
+        if y is not None:
+            return y
     x_in, weight_in, bias_in, residual_in = x, weight, bias, residual
 
     def inputs_kept(x_padded: bool = False) -> bool:
@@ -850,6 +840,42 @@ def _plan_key(x, weight, bias, residual, out, stride, padding, dilation, groups,
 
 def _direct_ok(x: torch.Tensor) -> bool:
     return x.is_cuda  # (the CPU tests route direct launches to the interpreter)
+
+
+def _run_plan(plan_key, x, weight, bias, residual, out) -> Optional[torch.Tensor]:
+    """y from the plan kept under ``plan_key``, or None (no such plan, or it cannot run this call)."""
+    global launch_count
+    plan = _plans.get(plan_key) if plan_key is not None else None
+    if plan is None or not plan.current():
+        return None
+    try:
+        y = plan.run(x, weight, bias, residual, out)
+    except (TypeError, ValueError, AttributeError) as e:
+        # A launcher of another Triton refusing the call (raised before the kernel was queued):
+        # the normal path. Anything else (out of memory, a CUDA error) is not theirs.
+        direct.disable(e)
+        _plans.clear()
+        return None
+    if y is not None:
+        launch_count += 1
+    return y
+
+
+def run_planned(x, weight, bias, residual, stride, padding, dilation, groups, relu, out=None) -> Optional[torch.Tensor]:
+    """The op's first try (resnet_fast/ops.py), before its checks: a call whose every launch property
+    (``_plan_key``) matches an earlier call's runs that call's plan; None sends it down the full path.
+
+    Skipping the op's checks here is sound because they read nothing the key does not hold: shapes,
+    dtypes, devices and the conv's geometry, all equal to those of a call that passed them. A tensor
+    on another device than the current one goes the full way (the launcher switches devices there).
+    Eager batch-1 forwards are host-bound on an H100 (session 7: ~84 us of host time a conv); this
+    leaves one key and one dictionary lookup between the model and the launch."""
+    if not (direct.ENABLED and _plans and _direct_ok(x)):
+        return None
+    if x.is_cuda and x.get_device() != torch.cuda.current_device():
+        return None
+    return _run_plan(_plan_key(x, weight, bias, residual, out, stride, padding, dilation, groups, relu),
+                     x, weight, bias, residual, out)
 
 
 class _Plan:

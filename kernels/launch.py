@@ -129,6 +129,8 @@ class Direct:
         metadata = None
         if _hook_active(enter) or _hook_active(leave):
             metadata = self.kernel.launch_metadata(self.grid, stream, *values)
+        else:  # the C launcher skips a None hook; an empty HookChain it would call (two Python calls)
+            enter = leave = None
         g0, g1, g2 = self.grid
         self.launcher(g0, g1, g2, stream, self.function, self.metadata, metadata, enter, leave, *values)
         launch_count += 1

@@ -26,10 +26,26 @@ def _validate(name: str, origin: str) -> str:
     return name.lower()
 
 
+_from_env = (None, "auto")  # (the variable's last value read, the backend it named)
+
+
 def get_backend() -> str:
+    global _from_env
     if _forced is not None:
         return _forced
-    return _validate(os.environ.get("RESNET_FAST_BACKEND", "auto") or "auto", "RESNET_FAST_BACKEND")
+    # Read on every call (a test or a notebook may change it); parsed once per value.
+    raw = os.environ.get("RESNET_FAST_BACKEND", "auto")
+    if raw != _from_env[0]:
+        _from_env = (raw, _validate(raw or "auto", "RESNET_FAST_BACKEND"))
+    return _from_env[1]
+
+
+def may_run_plans(x: torch.Tensor) -> bool:
+    """Whether a call on ``x`` may take a launch plan of the Triton conv (kernels/conv.py
+    ``run_planned``) before the op's own checks: the backend would send ``x``'s device to Triton.
+    (Plans exist only for devices and dtypes the Triton kernels already ran on.)"""
+    backend = get_backend()
+    return backend == "triton" or (backend == "auto" and x.is_cuda)
 
 
 def set_backend(name: Optional[str]) -> None:

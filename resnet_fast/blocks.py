@@ -25,23 +25,32 @@ class ResidualBlock(fused.FoldCacheMixin, nn.Module):
     shortcut_name: str = "downsample"
 
     def _stage_modules(self) -> List[Tuple[nn.Module, nn.Module]]:
-        return [(getattr(self, c), getattr(self, n)) for c, n in self.stages]
+        return [(fused.child(self, c), fused.child(self, n)) for c, n in self.stages]
 
     def forward(self, x: Tensor) -> Tensor:
-        if not fused.fx_tracing() and self._can_fuse(x):
-            return self._forward_fused(x)
+        if not fused.fx_tracing():
+            pairs = self._fusable(x)
+            if pairs is not None:
+                return self._forward_fused(x, pairs=pairs)
         return self._forward_reference(x)
 
-    def _can_fuse(self, x: Tensor) -> bool:
-        if type(self.relu) is not nn.ReLU:
-            return False
+    def _fusable(self, x: Tensor) -> Optional[List[Tuple[nn.Module, nn.Module]]]:
+        """The (conv, norm) stage pairs when the fused eval path may run on ``x``, else None."""
+        relu = fused.child(self, "relu")
+        if type(relu) is not nn.ReLU:
+            return None
         pairs = self._stage_modules()
         parts = [m for pair in pairs for m in pair]
-        shortcut = getattr(self, self.shortcut_name)
+        shortcut = fused.child(self, self.shortcut_name)
         if shortcut is not None:
-            parts.extend(shortcut.modules())
-        parts.append(self.relu)
-        return fused.fused_allowed(self, x, parts) and all(fused.foldable(c, n) for c, n in pairs)
+            parts.extend(fused.submodules(shortcut))
+        parts.append(relu)
+        if fused.fused_allowed(self, x, parts) and all(fused.foldable(c, n) for c, n in pairs):
+            return pairs
+        return None
+
+    def _can_fuse(self, x: Tensor) -> bool:
+        return self._fusable(x) is not None
 
     def _forward_reference(self, x: Tensor) -> Tensor:
         out = x
@@ -54,23 +63,29 @@ class ResidualBlock(fused.FoldCacheMixin, nn.Module):
         identity = x if shortcut is None else shortcut(x)
         return residual_add_relu(out, identity)
 
-    def _forward_fused(self, x: Tensor, consume_input: bool = False) -> Tensor:
+    def _forward_fused(self, x: Tensor, consume_input: bool = False,
+                       pairs: Optional[List[Tuple[nn.Module, nn.Module]]] = None) -> Tensor:
         """The eval path. ``consume_input``: the caller owns ``x`` and lets the block write its
-        output into x's memory (the network does, for activations it created itself)."""
+        output into x's memory (the network does, for activations it created itself). ``pairs``:
+        ``_fusable``'s answer, where the caller asked it."""
         dtype = fused.compute_dtype(x)
         if x.dtype != dtype:
             x = x.to(dtype)
-        folds = [fused.folded(self, c, conv, norm, dtype) for (c, _), (conv, norm) in zip(self.stages, self._stage_modules())]
+        if pairs is None:
+            pairs = self._stage_modules()
+        # One weight layout for the block's folds (it depends on the device type and the backend).
+        layout = fused.weight_layout(pairs[0][0].weight.device, dtype)
+        folds = [fused.folded(self, c, conv, norm, dtype, layout) for (c, _), (conv, norm) in zip(self.stages, pairs)]
         out = x
         for f in folds[:-1]:
             out = f(out, relu=True)
-        shortcut = getattr(self, self.shortcut_name)
+        shortcut = fused.child(self, self.shortcut_name)
         if shortcut is None:
             identity, owned = x, consume_input
         else:
             pair = fused.shortcut_pair(shortcut)
             if pair is not None:
-                identity = fused.folded(self, self.shortcut_name, pair[0], pair[1], dtype)(x, relu=False)
+                identity = fused.folded(self, self.shortcut_name, pair[0], pair[1], dtype, layout)(x, relu=False)
                 owned = True  # created right here
             else:  # an arbitrary shortcut module still runs, only its output joins the epilogue
                 identity, owned = shortcut(x), False

@@ -25,7 +25,8 @@ def foldable(conv: nn.Module, norm: nn.Module) -> bool:
         return False
     if isinstance(norm, nn.modules.batchnorm._BatchNorm):
         # Eval BN uses running statistics only when they exist (track_running_stats=True).
-        return not norm.training and norm.running_mean is not None and norm.running_var is not None
+        return (not norm.training and _tensor_attr(norm, "running_mean") is not None
+                and _tensor_attr(norm, "running_var") is not None)
     return _is_frozen_bn(norm)
 
 
@@ -154,8 +155,12 @@ def _tensor_attr(module: nn.Module, name: str):
     return t
 
 
+_CONV_TENSORS = ("weight", "bias")
+_NORM_TENSORS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+
+
 def _signature(conv: nn.Conv2d, norm: nn.Module):
-    """What a fold depends on: identity, storage and version of every tensor involved, and eps.
+    """What a fold depends on: identity, data pointer and version of every tensor involved, and eps.
 
     ``_version`` catches in-place edits (optimizer steps, ``load_state_dict``'s ``copy_``);
     the data pointer catches ``.to()`` and replaced ``.data``. A train-mode forward updates the
@@ -165,13 +170,21 @@ def _signature(conv: nn.Conv2d, norm: nn.Module):
     FoldCacheMixin; edits through ``.data`` bump no version: ``clear_folds``.)
     """
     sig = [norm.eps]
-    for module, name in ((conv, "weight"), (conv, "bias"), (norm, "weight"), (norm, "bias"),
-                         (norm, "running_mean"), (norm, "running_var"), (norm, "num_batches_tracked")):
-        t = _tensor_attr(module, name)
-        if t is None:
-            sig.append(None)
-        else:
-            sig.append((id(t), t.data_ptr(), t._version, t.dtype, t.device))
+    for module, names in ((conv, _CONV_TENSORS), (norm, _NORM_TENSORS)):
+        params, buffers = module._parameters, module._buffers
+        for name in names:
+            t = params.get(name, _MISSING)
+            if t is _MISSING:
+                t = buffers.get(name, _MISSING)
+                if t is _MISSING:
+                    t = getattr(module, name, None)  # a plain attribute (DataParallel replicas)
+            if t is None:
+                sig.append(None)
+            else:
+                # No dtype or device: changing either gives a tensor new memory (a new data pointer
+                # while the old one is alive), and Module.to()/half()/cuda() drop the cache
+                # (FoldCacheMixin). Flat, not a tuple per tensor: read once per conv per forward.
+                sig += (id(t), t.data_ptr(), t._version)
     return tuple(sig)
 
 
@@ -186,12 +199,15 @@ class FoldCache:
         """The folds held now (a CUDA graph keeps the ones it captured alive)."""
         return [folded for _, folded in list(self._entries.values())]
 
-    def get(self, name: str, conv: nn.Conv2d, norm: nn.Module, dtype: torch.dtype) -> FoldedConv:
+    def get(self, name: str, conv: nn.Conv2d, norm: nn.Module, dtype: torch.dtype,
+            layout: Optional[str] = None) -> FoldedConv:
+        """``layout``: ``weight_layout`` of the conv's device and ``dtype``, where the caller has it."""
         try:
             sig = _signature(conv, norm)
         except RuntimeError:  # inference tensors carry no version counter: fold every call
             return make_folded(conv, norm, dtype)
-        key = (name, dtype, conv.weight.device, weight_layout(conv.weight.device, dtype))
+        device = _tensor_attr(conv, "weight").device
+        key = (name, dtype, device, layout or weight_layout(device, dtype))
         entry = self._entries.get(key)
         if entry is not None and entry[0] == sig:
             return entry[1]
@@ -211,12 +227,14 @@ def fold_cache(module: nn.Module) -> FoldCache:
     return cache
 
 
-def folded(module: nn.Module, name: str, conv: nn.Conv2d, norm: nn.Module, dtype: torch.dtype) -> FoldedConv:
-    """The fold of ``norm(conv(.))`` for ``module``'s submodule ``name``, cached unless tracing."""
+def folded(module: nn.Module, name: str, conv: nn.Conv2d, norm: nn.Module, dtype: torch.dtype,
+           layout: Optional[str] = None) -> FoldedConv:
+    """The fold of ``norm(conv(.))`` for ``module``'s submodule ``name``, cached unless tracing.
+    ``layout``: ``weight_layout(conv.weight.device, dtype)`` where the caller has it already."""
     if torch.compiler.is_compiling():
         # Traced graphs fold inline; with freezing, inductor turns the fold into constants.
         return make_folded(conv, norm, dtype)
-    return fold_cache(module).get(name, conv, norm, dtype)
+    return fold_cache(module).get(name, conv, norm, dtype, layout)
 
 
 class FoldCacheMixin:
@@ -280,12 +298,29 @@ def writable_in_place(t: torch.Tensor, like: torch.Tensor) -> bool:
     )
 
 
+def child(module: nn.Module, name: str):
+    """``getattr(module, name)`` for a submodule, without Module.__getattr__'s search through three
+    dictionaries (the eval path reads ~10 submodules per block on every forward)."""
+    found = module._modules.get(name, _MISSING)
+    return getattr(module, name, None) if found is _MISSING else found
+
+
+def submodules(module: nn.Module) -> List[nn.Module]:
+    """``module`` and every module below it, as ``Module.modules()`` finds them but without building
+    their names: the eval path asks each for hooks on every forward."""
+    found, seen, i = [module], {id(module)}, 0
+    while i < len(found):
+        for sub in found[i]._modules.values():
+            if sub is not None and id(sub) not in seen:
+                seen.add(id(sub))
+                found.append(sub)
+        i += 1
+    return found
+
+
 def has_hooks(module: nn.Module) -> bool:
-    return bool(
-        module._forward_hooks
-        or module._forward_pre_hooks
-        or getattr(module, "_forward_hooks_with_kwargs", None)
-    )
+    # (Hooks registered with_kwargs or always_call are in these two as well.)
+    return bool(module._forward_hooks or module._forward_pre_hooks)
 
 
 def _needs_grad(part: nn.Module) -> bool:
@@ -316,6 +351,8 @@ def fused_allowed(module: nn.Module, x: torch.Tensor, parts) -> bool:
 
 def shortcut_pair(downsample: Optional[nn.Module]):
     """``(conv, norm)`` when the projection shortcut is ``Sequential(conv, norm)`` and foldable."""
-    if isinstance(downsample, nn.Sequential) and len(downsample) == 2 and foldable(downsample[0], downsample[1]):
-        return downsample[0], downsample[1]
+    if isinstance(downsample, nn.Sequential) and len(downsample._modules) == 2:
+        conv, norm = downsample._modules.values()  # (Sequential's indexing costs ~2 us a forward)
+        if foldable(conv, norm):
+            return conv, norm
     return None

@@ -97,8 +97,10 @@ class ResNetBody(fused.FoldCacheMixin, nn.Module):
                 x, owned = layer(x), False
                 continue
             for block in layer:
-                if owned and isinstance(block, ResidualBlock) and not fused.has_hooks(block) and block._can_fuse(x):
-                    x = block._forward_fused(x, consume_input=True)
+                pairs = (block._fusable(x) if owned and isinstance(block, ResidualBlock) and not fused.has_hooks(block)
+                         else None)
+                if pairs is not None:
+                    x = block._forward_fused(x, consume_input=True, pairs=pairs)
                 else:
                     x, owned = block(x), False
         return x

@@ -298,11 +298,28 @@ def _conv2d_bias_act_torch(x, weight, bias, residual, stride, padding, dilation,
     return y.relu_() if relu else y
 
 
+# kernels/conv.py's run_planned once the Triton conv has been imported (no launch plan exists before).
+_run_planned = None
+
+
+def _triton_conv():
+    global _run_planned
+    from .kernels import conv as triton_conv
+
+    _run_planned = triton_conv.run_planned
+    return triton_conv
+
+
 def _conv2d_bias_act_impl(x, weight, bias, residual, stride, padding, dilation, groups, relu):
+    if _run_planned is not None and backend.may_run_plans(x):
+        # A repeat of an earlier call's launch (same shapes, strides, dtypes, devices, geometry):
+        # its checks passed then and read nothing else.
+        y = _run_planned(x, weight, bias, residual, stride, padding, dilation, groups, relu)
+        if y is not None:
+            return y
     _check_conv(x, weight, bias, residual, stride, padding, dilation, groups)
     if backend.use_triton(x.device, x.dtype):
-        from .kernels import conv as triton_conv
-
+        triton_conv = _triton_conv()
         if triton_conv.unsupported(x, padding, groups) is None:  # else PyTorch's conv, below
             # The launcher makes x dense channels_last itself, or (the 3-channel stem) reads any
             # layout straight into its 4-channel padded copy: one pass over the input, not two.
@@ -348,11 +365,13 @@ def _check_conv_inplace(residual, x, weight, bias, stride, padding, dilation, gr
 
 
 def _conv2d_bias_act_add_impl(residual, x, weight, bias, stride, padding, dilation, groups, relu):
+    if (_run_planned is not None and backend.may_run_plans(x) and not _overlaps(residual, x)
+            and _run_planned(x, weight, bias, residual, stride, padding, dilation, groups, relu, out=residual) is not None):
+        return  # an earlier call's launch (see _conv2d_bias_act_impl); the overlap is the one check on data
     _check_conv_inplace(residual, x, weight, bias, stride, padding, dilation, groups)
     x = x.contiguous(memory_format=torch.channels_last)
     if backend.use_triton(x.device, x.dtype):
-        from .kernels import conv as triton_conv
-
+        triton_conv = _triton_conv()
         if triton_conv.unsupported(x, padding, groups) is None:  # else PyTorch's conv, below
             # Each output element is read (as residual) and then written by the same program.
             triton_conv.conv2d_bias_act(x, weight, bias, residual, stride, padding, dilation, groups, relu, out=residual)

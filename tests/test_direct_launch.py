@@ -301,3 +301,56 @@ def test_a_plan_follows_the_tuning_tables_and_the_tma_switch(interpreted_direct,
     monkeypatch.setenv("RESNET_FAST_TMA", "0")  # read on every call: neither the plan nor the kernel
     with pytest.raises(ValueError, match="cannot take the TMA kernel"):
         call()
+
+
+@pytest.fixture
+def planned_op(interpreted_direct, monkeypatch):
+    """The op's body with the Triton backend and direct launches: ``(impl, inplace_impl, direct)``.
+    From a conv's third call on, the body takes the plan before its own checks (run_planned)."""
+    import resnet_fast
+    from resnet_fast import ops
+
+    triton_conv, direct = interpreted_direct
+    monkeypatch.setattr(ops, "_run_planned", None)  # set again by the first Triton call below
+    resnet_fast.set_backend("triton")
+    return ops._conv2d_bias_act_impl, ops._conv2d_bias_act_add_impl, direct
+
+
+@pytest.mark.interpreter
+def test_the_op_body_takes_a_plan_before_its_checks_and_stays_right(planned_op):
+    impl, inplace_impl, direct = planned_op
+    directs = []
+    for seed in range(4):
+        x, weight, bias, res, ref = _inputs(40, 48, 1, 1, 0, 2, 9, 7, True, seed=seed)
+        before = direct.launch_count
+        assert rel_err(impl(x, weight, bias, res, [1, 1], [0, 0], [1, 1], 1, True), ref) < 1e-5
+        inplace_impl(res, x, weight, bias, [1, 1], [0, 0], [1, 1], 1, True)
+        assert rel_err(res, ref) < 1e-5
+        directs.append(direct.launch_count - before)
+    assert directs == [0, 1, 2, 2]  # (the in-place call's first is the functional call's second shape)
+
+
+@pytest.mark.interpreter
+def test_a_planned_call_still_refuses_what_the_checks_refuse(planned_op):
+    """What a plan's key does not hold: the backend (forced to torch afterwards), the in-place op's
+    overlap of x and residual; and bad arguments never match a plan."""
+    import resnet_fast
+
+    impl, inplace_impl, direct = planned_op
+    x, weight, bias, res, ref = _inputs(40, 48, 1, 1, 0, 2, 9, 7, True, seed=0)
+    for _ in range(3):
+        inplace_impl(res.clone(), x, weight, bias, [1, 1], [0, 0], [1, 1], 1, True)
+        impl(x, weight, bias, res, [1, 1], [0, 0], [1, 1], 1, True)
+    with pytest.raises(RuntimeError, match=r"expected bias of shape \[48\]"):
+        impl(x, weight, bias[:40], res, [1, 1], [0, 0], [1, 1], 1, True)
+    # x and residual sharing memory, with the shapes, strides and dtypes of the planned calls
+    storage = torch.empty(max(x.numel(), res.numel()) + 64)
+    x_alias = storage[:x.numel()].view(2, 9, 7, 40).permute(0, 3, 1, 2)
+    r_alias = storage[:res.numel()].view(2, 9, 7, 48).permute(0, 3, 1, 2)
+    assert x_alias.stride() == x.stride() and r_alias.stride() == res.stride()
+    with pytest.raises(RuntimeError, match="residual overlaps x in memory"):
+        inplace_impl(r_alias, x_alias, weight, bias, [1, 1], [0, 0], [1, 1], 1, True)
+    resnet_fast.set_backend("torch")
+    before = direct.launch_count
+    assert rel_err(impl(x, weight, bias, res, [1, 1], [0, 0], [1, 1], 1, True), ref) < 1e-5
+    assert direct.launch_count == before  # PyTorch's conv ran, not the plan
