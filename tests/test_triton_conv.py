@@ -269,10 +269,11 @@ def test_tma_forced_where_it_cannot_run_is_refused():
 
 
 @pytest.mark.interpreter
-@pytest.mark.parametrize("tma_ms,expect_tma", [(1.0, True), (3.0, False)])
+@pytest.mark.parametrize("tma_ms,expect_tma", [(1.0, True), (3.0, False), (1.95, False)])
 def test_decide_tma_keeps_the_faster_kernel(monkeypatch, tma_ms, expect_tma):
     """The first call of a layer shape times the TMA kernel against the general one (on a GPU; here
-    with made-up timings) and keeps the TMA config only if it is faster; y is right either way."""
+    with made-up timings) and keeps the TMA config only if it is clearly faster (by TMA_MARGIN: 1.95
+    against 2.0 is a tie); y is right either way."""
     from resnet_fast.kernels import conv as triton_conv
 
     x, weight, bias, res, conv_args, ref = _case(TMA_SHAPES[0], torch.float16, True, True, seed=59)
