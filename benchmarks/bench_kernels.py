@@ -210,7 +210,7 @@ def bench_conv(args, rows, header, prog):
                     tuning = {"triton_config_ms": timings, "triton_best": min(timings, key=timings.get) if timings else None}
                     # 1x1 convs: whether the TMA kernel was timed against the general one, and won.
                     tma_new = [v for k, v in triton_conv._tma_choice.items() if k not in tma_before]
-                    tuning["tma_kernel"] = (("won" if any(tma_new) else "failed" if triton_conv._tma_failure else "slower")
+                    tuning["tma_kernel"] = (("won" if any(tma_new) else "failed" if triton_conv._tma_failure else "not clearly faster")
                                             if tma_new else None)
                 else:
                     out0 = fn(0).float()

@@ -79,9 +79,20 @@ def _do_bench(fn: Callable[[int], object], iters: int, warmup: int, budget_s: fl
     one_ms = max((time.perf_counter() - start) * 1e3, 1e-3)  # with the host's share: an upper bound
     # do_bench turns milliseconds into a call count with its own estimate (L2 clear included).
     rep_ms = min(max(iters * one_ms, 20.0), budget_s * 1e3)
+    raised = []
+
+    def watched():
+        try:
+            return call()
+        except BaseException as e:
+            raised.append(e)
+            raise
+
     try:
-        times = triton.testing.do_bench(call, warmup=one_ms, rep=rep_ms, return_mode="all")
-    except (AssertionError, TypeError):  # pragma: no cover - a Triton without return_mode="all"
+        times = triton.testing.do_bench(watched, warmup=one_ms, rep=rep_ms, return_mode="all")
+    except (AssertionError, TypeError):
+        if raised:  # the benchmarked call's own error, not an older Triton's refusal
+            raise
         median, p20, p80 = triton.testing.do_bench(call, warmup=one_ms, rep=rep_ms, quantiles=[0.5, 0.2, 0.8])
         return {"median_ms": median, "p20_ms": p20, "p80_ms": p80, "n": None}
     return _summary(list(times))

@@ -522,7 +522,7 @@ def _pad_channels(x: torch.Tensor) -> torch.Tensor:
     pixels = n * h * w
     block = 256
     # Every value Triton specialises on comes from x's shape and strides (y is a fresh allocation).
-    key = (x.shape, x.stride(), x.dtype, x.get_device(), x.data_ptr() % 16 == 0) if direct.ENABLED and _direct_ok(x) else None
+    key = (x.shape, x.stride(), x.dtype, x.device, x.data_ptr() % 16 == 0) if direct.ENABLED and _direct_ok(x) else None
     plan = _pad_plans.get(key) if key is not None else None
     args = (pixels, c, h, w, x.stride(0), x.stride(1), x.stride(2), x.stride(3), cp, block)
     if plan is not None:
@@ -596,7 +596,7 @@ def tuning_state():
     chosen = {str(key): config_name(c) for key, c in getattr(tuner, "cache", {}).items()}
     # 1x1 layers where the TMA kernel was timed against the general one: which won.
     for key, choice in _tma_choice.items():
-        chosen[f"tma {key}"] = "TMA kernel " + config_name(choice) if choice else "general kernel (TMA slower)"
+        chosen[f"tma {key}"] = "TMA kernel " + config_name(choice) if choice else "general kernel (TMA not clearly faster)"
     if _tma_failure:
         chosen["tma failure"] = _tma_failure
     timings = {}
@@ -848,16 +848,18 @@ def _plan_key(x, weight, bias, residual, out, stride, padding, dilation, groups,
     extra = None
     if residual is not None:
         ptrs |= residual.data_ptr()
-        extra = (residual.shape, residual.stride(), residual.dtype, residual.get_device())
+        extra = (residual.shape, residual.stride(), residual.dtype, residual.device)
     if out is not None:
         ptrs |= out.data_ptr()
-        extra = (extra, out.shape, out.stride(), out.dtype, out.get_device(),
+        extra = (extra, out.shape, out.stride(), out.dtype, out.device,
                  residual is not None and out.data_ptr() == residual.data_ptr())
     if ptrs & 15:
         return None
     tf32 = cudnn_conv_allows_tf32() if x.dtype == torch.float32 else None
-    return (x.shape, x.stride(), x.dtype, x.get_device(), weight.shape, weight.stride(), weight.dtype,
-            weight.get_device(), bias.shape, bias.stride(), bias.dtype, bias.get_device(), extra,
+    # Devices as torch.device (type and index): run_planned skips the op's one-device check, and
+    # get_device() alone is -1 for the CPU and meta alike, 0 for cuda:0 and any other backend's 0.
+    return (x.shape, x.stride(), x.dtype, x.device, weight.shape, weight.stride(), weight.dtype,
+            weight.device, bias.shape, bias.stride(), bias.dtype, bias.device, extra,
             tuple(stride), tuple(padding), tuple(dilation), groups, relu, tf32, _tma_auto, tma)
 
 
@@ -991,7 +993,7 @@ _tma_failure: Optional[str] = None  # why it was turned off, for the benchmark r
 
 def _decide_tma(general, x, weight, bias, residual, y, relu, bench=None):
     """Tune the TMA kernel for this conv, time it against the general kernel's tuned launch
-    (``general``), and return its config if it is faster, else False. Both write y in full and
+    (``general``), and return its config if it is clearly faster (``TMA_MARGIN``), else False. Both write y in full and
     correctly (``residual`` is a copy where the launch is in place), so y holds the result either
     way. A failure raised in Python (a compile or launch error) turns the TMA kernel off for the
     process, with one warning; a device fault (an illegal address) cannot be caught this way, as it

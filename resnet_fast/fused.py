@@ -160,7 +160,8 @@ _NORM_TENSORS = ("weight", "bias", "running_mean", "running_var", "num_batches_t
 
 
 def _signature(conv: nn.Conv2d, norm: nn.Module):
-    """What a fold depends on: identity, data pointer and version of every tensor involved, and eps.
+    """What a fold depends on: identity, data pointer, version, dtype and device of every tensor
+    involved, and eps.
 
     ``_version`` catches in-place edits (optimizer steps, ``load_state_dict``'s ``copy_``);
     the data pointer catches ``.to()`` and replaced ``.data``. A train-mode forward updates the
@@ -181,10 +182,10 @@ def _signature(conv: nn.Conv2d, norm: nn.Module):
             if t is None:
                 sig.append(None)
             else:
-                # No dtype or device: changing either gives a tensor new memory (a new data pointer
-                # while the old one is alive), and Module.to()/half()/cuda() drop the cache
-                # (FoldCacheMixin). Flat, not a tuple per tensor: read once per conv per forward.
-                sig += (id(t), t.data_ptr(), t._version)
+                # dtype and device too: a submodule's own .double() then .half() (the block's cache is
+                # not told) can leave id, address and version as they were. Flat, not a tuple per
+                # tensor: read once per conv per forward.
+                sig += (id(t), t.data_ptr(), t._version, t.dtype, t.device)
     return tuple(sig)
 
 

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -327,3 +328,32 @@ def test_gpu_timing_is_triton_do_bench(monkeypatch):
     assert got == {"median_ms": 3.0, "p20_ms": 2.0, "p80_ms": 4.0, "n": 5}
     assert asked["return_mode"] == "all" and 20.0 <= asked["rep"] <= 500.0
     assert seen == list(range(8))  # warm-up, the estimate, then do_bench's calls: each a new rotation index
+
+
+def test_gpu_timing_lets_the_timed_calls_own_error_through(monkeypatch):
+    # A provider that raises TypeError is not mistaken for a Triton without return_mode="all" (and timed again).
+    import triton.testing
+
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import common
+    finally:
+        sys.path.pop(0)
+    benches = []
+
+    def fake_do_bench(fn, warmup, rep, return_mode=None, quantiles=None):
+        benches.append(return_mode)
+        fn()
+
+    monkeypatch.setattr(triton.testing, "do_bench", fake_do_bench)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    calls = []
+
+    def provider(i):
+        calls.append(i)
+        if i >= 2:  # past the warm-up and the estimate
+            raise TypeError("bad provider")
+
+    with pytest.raises(TypeError, match="bad provider"):
+        common.time_fn(provider, "cuda", iters=10, warmup=1, budget_s=0.5)
+    assert benches == ["all"]

@@ -350,6 +350,9 @@ def test_a_planned_call_still_refuses_what_the_checks_refuse(planned_op):
         impl(x, weight, bias, res, [1, 1], [0, 0], [1, 1], 1, True)
     with pytest.raises(RuntimeError, match=r"expected bias of shape \[48\]"):
         impl(x, weight, bias[:40], res, [1, 1], [0, 0], [1, 1], 1, True)
+    # another device type with the same index (-1: the CPU and meta alike) is another plan
+    with pytest.raises(RuntimeError, match="must be on one device"):
+        impl(x, weight, bias.to("meta"), res, [1, 1], [0, 0], [1, 1], 1, True)
     # x and residual sharing memory, with the shapes, strides and dtypes of the planned calls
     storage = torch.empty(max(x.numel(), res.numel()) + 64)
     x_alias = storage[:x.numel()].view(2, 9, 7, 40).permute(0, 3, 1, 2)
