@@ -49,9 +49,6 @@ class ResidualBlock(fused.FoldCacheMixin, nn.Module):
             return pairs
         return None
 
-    def _can_fuse(self, x: Tensor) -> bool:
-        return self._fusable(x) is not None
-
     def _forward_reference(self, x: Tensor) -> Tensor:
         out = x
         last = len(self.stages) - 1

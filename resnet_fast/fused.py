@@ -172,13 +172,8 @@ def _signature(conv: nn.Conv2d, norm: nn.Module):
     """
     sig = [norm.eps]
     for module, names in ((conv, _CONV_TENSORS), (norm, _NORM_TENSORS)):
-        params, buffers = module._parameters, module._buffers
         for name in names:
-            t = params.get(name, _MISSING)
-            if t is _MISSING:
-                t = buffers.get(name, _MISSING)
-                if t is _MISSING:
-                    t = getattr(module, name, None)  # a plain attribute (DataParallel replicas)
+            t = _tensor_attr(module, name)
             if t is None:
                 sig.append(None)
             else:

@@ -127,12 +127,19 @@ def test_device_run_brings_back_at_most_eight_files(tmp_path):
     assert "summary.md" in files and "gpu_suite_logs.tgz" in files and len(files) <= 8, files
 
 
-def _targets(outdir):
+def _bench_module(name):
+    """A module of benchmarks/ (they import each other as top-level modules)."""
+    import importlib
+
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     try:
-        import targets
+        return importlib.import_module(name)
     finally:
         sys.path.pop(0)
+
+
+def _targets(outdir):
+    targets = _bench_module("targets")
     return {key: (m, v) for key, _, m, v in targets.evaluate(str(outdir))}
 
 
@@ -308,11 +315,7 @@ def test_gpu_timing_is_triton_do_bench(monkeypatch):
     # stand-ins; what is checked is what time_fn asks of them and makes of their answer.
     import triton.testing
 
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    try:
-        import common
-    finally:
-        sys.path.pop(0)
+    common = _bench_module("common")
     asked = {}
 
     def fake_do_bench(fn, warmup, rep, return_mode):
@@ -334,11 +337,7 @@ def test_gpu_timing_lets_the_timed_calls_own_error_through(monkeypatch):
     # A provider that raises TypeError is not mistaken for a Triton without return_mode="all" (and timed again).
     import triton.testing
 
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    try:
-        import common
-    finally:
-        sys.path.pop(0)
+    common = _bench_module("common")
     benches = []
 
     def fake_do_bench(fn, warmup, rep, return_mode=None, quantiles=None):
