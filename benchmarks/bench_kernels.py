@@ -197,7 +197,8 @@ def bench_conv(args, rows, header, prog):
                     providers.append((name, forced_fn))
         ref = unfused(0).float()
         shape_name = f"{label} {c}->{oc} k{k} s{s} {h}x{h} n{n}" + (" +res" if res else "")
-        base = None
+        # First calls (tuning, errors) for every provider, then the timing rounds, interleaved.
+        ready, first = {}, {}
         for provider, fn in providers:
             tuning = {}
             try:
@@ -216,14 +217,23 @@ def bench_conv(args, rows, header, prog):
                     out0 = fn(0).float()
                 err, abs_err = common.rel_err(out0, ref), common.max_abs_err(out0, ref)
                 del out0
-                t = common.time_fn(fn, args.device, args.iters, 3, args.budget)
             except Exception as e:  # noqa: BLE001
-                print(f"\n{label} {provider}: {type(e).__name__}: {e}", file=sys.stderr)
+                first[provider] = e
+                continue
+            ready[provider] = fn
+            first[provider] = (err, abs_err, tuning)
+        timed = common.time_rounds(ready, args.device, args.iters, 3, args.budget, args.rounds)
+        base = None
+        for provider, fn in providers:
+            t = timed.get(provider, first[provider])
+            if isinstance(t, Exception):
+                print(f"\n{label} {provider}: {type(t).__name__}: {t}", file=sys.stderr)
                 # A row that says so: targets.py tells a kernel that failed from a step cut short.
                 rows.append({"kernel": "conv2d_bias_act", "shape": shape_name, "provider": provider,
-                             "error": f"{type(e).__name__}: {e}"[:300]})
+                             "error": f"{type(t).__name__}: {t}"[:300]})
                 common.write_json(args.json, header, rows)
                 continue
+            err, abs_err, tuning = first[provider]
             graph = queued = host = None
             if cuda:
                 # Diagnostics beside the do_bench median: calls queued back to back (what sessions 1-7
@@ -240,8 +250,8 @@ def bench_conv(args, rows, header, prog):
             rows.append({"kernel": "conv2d_bias_act", "shape": shape_name,
                          "provider": provider, "median_ms": t["median_ms"], "tflops": tflops, "fraction_of_peak": tflops / peak,
                          "speedup_vs_baseline": base / t["median_ms"], "max_rel_err": err, "max_abs_err": abs_err,
-                         "p20_ms": t["p20_ms"], "p80_ms": t["p80_ms"], "back_to_back_ms": queued, "host_ms": host,
-                         "graph_ms": graph, **tuning})
+                         "p20_ms": t["p20_ms"], "p80_ms": t["p80_ms"], "round_ms": t["round_ms"], "back_to_back_ms": queued,
+                         "host_ms": host, "graph_ms": graph, **tuning})
             common.write_json(args.json, header, rows)
         report(args, header, rows)
         prog.step(label)
@@ -254,7 +264,9 @@ def main(argv=None) -> int:
     p.add_argument("--only", default="add_relu,max_pool,conv", help="comma list: add_relu, max_pool, conv")
     p.add_argument("--batch", type=int, default=None, help="default: 256 on CUDA, 4 on the CPU")
     p.add_argument("--iters", type=int, default=20)
-    p.add_argument("--budget", type=float, default=5.0, help="seconds of timing per provider and shape, at most")
+    p.add_argument("--budget", type=float, default=5.0, help="seconds of timing per provider, shape and round, at most")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="conv timing rounds, providers interleaved (common.time_rounds); default 3 on CUDA, 1 on the CPU")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--json")
     p.add_argument("--markdown")
@@ -263,6 +275,10 @@ def main(argv=None) -> int:
         p.error("--device cuda: no CUDA device here")
     args.dtype = args.dtype or ("bfloat16" if args.device == "cuda" else "float32")
     args.batch = args.batch or (256 if args.device == "cuda" else 4)
+    if args.rounds is None:
+        args.rounds = 3 if args.device == "cuda" else 1
+    if args.rounds < 1:
+        p.error(f"--rounds: expected a positive count, got {args.rounds}")
     if args.threads:
         torch.set_num_threads(args.threads)
     only = set(args.only.split(","))

@@ -57,6 +57,41 @@ def time_fn(fn: Callable[[int], object], device: str, iters: int, warmup: int, b
     return _summary(times)
 
 
+def time_rounds(fns: Dict[str, Callable[[int], object]], device: str, iters: int, warmup: int, budget_s: float = 10.0,
+                rounds: int = 1) -> Dict[str, object]:
+    """``time_fn`` for several providers of one problem, interleaved: ``rounds`` rounds, each timing
+    every provider once, each round starting one provider later. A disturbance of a few hundred ms
+    (a clock change, another process, a background compile) then lands on one round of every
+    provider instead of on the whole figure of one, and no provider always runs first or last. Per
+    provider: the median (and p20, p80) of the rounds' medians (p20s, p80s), ``round_ms`` (each
+    round's median) and ``n``; or the exception its timing raised (it is not timed again)."""
+    names = list(fns)
+    if not names:
+        return {}
+    per: Dict[str, List[Dict[str, float]]] = {name: [] for name in names}
+    failed: Dict[str, BaseException] = {}
+    for r in range(max(1, rounds)):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            if name in failed:
+                continue
+            try:
+                per[name].append(time_fn(fns[name], device, iters, warmup, budget_s))
+            except Exception as e:  # noqa: BLE001 - the caller reports it as that provider's row
+                failed[name] = e
+    out: Dict[str, object] = {}
+    for name in names:
+        if name in failed:
+            out[name] = failed[name]
+            continue
+        got = per[name]
+        counts = [g["n"] for g in got]
+        out[name] = {"median_ms": statistics.median(g["median_ms"] for g in got),
+                     "p20_ms": statistics.median(g["p20_ms"] for g in got),
+                     "p80_ms": statistics.median(g["p80_ms"] for g in got),
+                     "n": None if None in counts else sum(counts), "round_ms": [g["median_ms"] for g in got]}
+    return out
+
+
 def _summary(times: Sequence[float]) -> Dict[str, float]:
     return {"median_ms": statistics.median(times), "p20_ms": percentile(times, 0.2), "p80_ms": percentile(times, 0.8),
             "n": len(times)}

@@ -356,3 +356,27 @@ def test_gpu_timing_lets_the_timed_calls_own_error_through(monkeypatch):
     with pytest.raises(TypeError, match="bad provider"):
         common.time_fn(provider, "cuda", iters=10, warmup=1, budget_s=0.5)
     assert benches == ["all"]
+
+
+def test_timing_rounds_interleave_providers_and_take_the_median_round(monkeypatch):
+    # A disturbance during one round must not decide a provider's figure, no provider always runs
+    # first, and a provider whose timing raises gets its error back, once, while the others go on.
+    common = _bench_module("common")
+    order = []
+    round_ms = {"a": [1.0, 9.0, 2.0], "b": [5.0, 4.0, 50.0]}
+
+    def fake_time_fn(fn, device, iters, warmup, budget_s=10.0):
+        name = fn(0)
+        order.append(name)
+        if name == "bad":
+            raise RuntimeError("provider failed")
+        ms = round_ms[name][sum(1 for o in order if o == name) - 1]
+        return {"median_ms": ms, "p20_ms": ms - 0.5, "p80_ms": ms + 0.5, "n": 7}
+
+    monkeypatch.setattr(common, "time_fn", fake_time_fn)
+    got = common.time_rounds({"a": lambda i: "a", "bad": lambda i: "bad", "b": lambda i: "b"}, "cuda", 10, 2, rounds=3)
+    assert order == ["a", "bad", "b", "b", "a", "b", "a"]  # each round starts one provider later; "bad" timed once
+    assert got["a"] == {"median_ms": 2.0, "p20_ms": 1.5, "p80_ms": 2.5, "n": 21, "round_ms": [1.0, 9.0, 2.0]}
+    assert got["b"]["median_ms"] == 5.0 and got["b"]["round_ms"] == [5.0, 4.0, 50.0]
+    assert isinstance(got["bad"], RuntimeError) and "provider failed" in str(got["bad"])
+    assert common.time_rounds({}, "cuda", 10, 2, rounds=3) == {}
