@@ -1,4 +1,4 @@
-"""torch.compile, DistributedDataParallel (gloo), SyncBatchNorm, deepcopy, save/load, threads."""
+"""torch.compile, torch.export, DistributedDataParallel (gloo), SyncBatchNorm, deepcopy, save/load, threads."""
 import copy
 import os
 import threading
@@ -43,6 +43,29 @@ def test_torch_compile_train_step_matches_eager():
     out_ref.square().mean().backward()
     for (n, p), (_, q) in zip(ref.named_parameters(), m.named_parameters()):
         assert rel_err(q.grad, p.grad) < 1e-3, n
+
+
+def test_torch_export_eval_with_a_dynamic_batch():
+    # README: torch.export works. The exported eval graph holds one fused op per conv (resnet18: 20)
+    # and, with the batch dimension dynamic, serves another batch size.
+    m = _model().eval()
+    batch = torch.export.Dim("batch", min=1, max=64)
+    with torch.no_grad():
+        ep = torch.export.export(m, (torch.randn(2, 3, 45, 51),), dynamic_shapes={"x": {0: batch}})
+    targets = [str(n.target) for n in ep.graph.nodes if n.op == "call_function"]
+    assert targets.count("resnet_fast.conv2d_bias_act.default") == 20, targets
+    assert not any("batch_norm" in t or "convolution" in t or t == "aten.conv2d.default" for t in targets)
+    x = torch.randn(3, 3, 45, 51)
+    with torch.no_grad():
+        out = ep.module()(x)
+    assert out.shape == (3, 6) and rel_err(out, float64_reference(m, x)) < 1e-4
+
+
+def test_torch_export_train_records_the_residual_op():
+    m = _model().train()
+    ep = torch.export.export(m, (torch.randn(2, 3, 45, 51),))
+    targets = [str(n.target) for n in ep.graph.nodes if n.op == "call_function"]
+    assert targets.count("resnet_fast.add_relu.default") == 8 and targets.count("aten.batch_norm.default") == 20, targets
 
 
 def test_ops_trace_with_fake_tensors():
