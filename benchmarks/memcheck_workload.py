@@ -124,6 +124,8 @@ CONV_CASES = [
     ("3x3 grouped 32x4", (2, 128, 9, 11), 128, 3, 1, 1, 1, 32, False),
     ("3x3 grouped 8 per group s2", (2, 64, 11, 9), 64, 3, 2, 1, 1, 8, False),
     ("stem 7x7 s2 C=3", (2, 3, 37, 41), 64, 7, 2, 3, 1, 1, False),
+    # 128 channels: whole 128-channel blocks, K of 9 steps of 128 (the tuner's 128-deep config on a GPU)
+    ("3x3 s1 C=128", (2, 128, 9, 7), 72, 3, 1, 1, 1, 1, True),
 ]
 
 

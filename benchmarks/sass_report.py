@@ -134,8 +134,12 @@ def main(argv=None) -> int:
         m_bucket = 1024 if len(spec) > 10 else 1 << 20
         named = {"M_BUCKET": m_bucket, "OCg": spec[8] // spec[9], "Cg": spec[7] // spec[9],
                  "x_ptr": torch.empty(0, dtype=_DTYPES[spec[0]])}
-        configs = K._prune(K._configs(), named, FLAT_K=spec[2], KH=spec[1], KW=spec[1], HAS_RESIDUAL=spec[4],
-                           SERIAL_SPLIT=len(spec) > 11 and spec[11])
+        # The constexprs the launcher passes for such a layer (what the prune reads: EVEN_C, SPLIT_K, ...).
+        cg, flat_k = spec[7] // spec[9], spec[2]
+        pad_c = flat_k and K.pads_channels(cg, spec[9], spec[1], 1)
+        walk = K.walk_constexprs(spec[1], spec[1], cg, flat_k, spec[3], pad_c, spec[4], spec[10] if len(spec) > 10 else 1,
+                                 named["x_ptr"].element_size(), len(spec) > 11 and spec[11])
+        configs = K._prune(K._configs(), named, **walk)
         rows = results[name] = [report(spec, cfg, args.arch) for cfg in configs]
         cols = list(rows[0])
         lines += [f"### {name} {spec}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]

@@ -92,6 +92,12 @@ def hopper_configs() -> List[triton.Config]:
         (128, 128, 32, 8, 3),
         (128, 64, 32, 8, 4),
         (64, 64, 32, 4, 4),
+        # Long K in whole 128-channel blocks (8 steps or more: layer2-4's 3x3s at 128-512 channels,
+        # the 1024/2048-channel 1x1s): the cp.async pipeline puts two CTA-wide barriers around every
+        # K step's MMAs; a 128-deep step halves them per MMA and takes 23% fewer instructions than two
+        # 64-deep steps (sm_90 SASS, Triton 3.6: 203 against 2 x 132, 150 registers, no spills). Its
+        # 192 KB leave one CTA per SM, where the 64-deep 128x128 tile fits two: timing decides.
+        (128, 128, 128, 8, 3),
         # Narrow tiles for grouped convs with few output channels per group (ResNeXt: 4 to 32),
         # where a 64-wide N tile would be mostly mask. Pruned away for wide problems.
         (128, 32, 32, 4, 3),
@@ -101,9 +107,15 @@ def hopper_configs() -> List[triton.Config]:
     return configs
 
 
-# EVEN_C (channels per group a multiple of this) lets channel-block walks drop their channel mask;
-# it holds for every config whose BLOCK_K divides it (the prune keeps only those for EVEN_C).
-_EVEN_C_BLOCK = 64
+def even_c(cg: int, flat_k: bool) -> int:
+    """The kernel's EVEN_C: the largest channel block (128 or 64) that divides the channels per group,
+    else 0. A channel-block walk drops its channel mask when its BLOCK_K divides EVEN_C (the kernel
+    checks this itself, so no config can read past a group's channels)."""
+    if flat_k:
+        return 0
+    return 128 if cg % 128 == 0 else 64 if cg % 64 == 0 else 0
+
+
 # Hopper's shared memory per block (227 KB); a config whose pipeline buffers exceed it fails to load.
 _SHARED_MEMORY_BYTES = 232448
 
@@ -126,8 +138,13 @@ def _prune(configs, named_args, **kwargs):
             return False  # fp32: the pipeline's A and B buffers alone exceed shared memory
         if element_size == 4 and bm >= 128 and c.num_warps == 4 and c.num_stages > 2:
             return False  # fp32: operands pass through registers for TF32 rounding; this one spills
-        if kwargs.get("EVEN_C") and _EVEN_C_BLOCK % bk:
-            return False  # a partial channel block would go unmasked
+        even = int(kwargs.get("EVEN_C", 0))
+        if even and even % bk:
+            return False  # whole channel blocks, but not of this depth: the walk would need its channel mask
+        if bk == 128:
+            # Only where it can pay: K of 8 steps or more in whole blocks, no K split (batch 1's
+            # shares are a few steps each). (fp32 tiles of this depth exceed shared memory above.)
+            return even == 128 and k >= 8 * bk and not flat_k and kwargs.get("SPLIT_K", 1) == 1
         if bn < 64:
             return narrow
         if (bk == 32) != flat_k:
@@ -205,6 +222,8 @@ def _conv2d_bias_act_kernel(
     INDEX_64: tl.constexpr, SPLIT_K: tl.constexpr, SERIAL_SPLIT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
+    # Whole channel blocks of this depth (EVEN_C: 128 or 64 channels per group divide it): no channel mask.
+    UNMASKED_C: tl.constexpr = EVEN_C > 0 and EVEN_C % BLOCK_K == 0
     # Unit strides are implied, not passed: x's channels and the weight's output channels are
     # innermost (the launcher guarantees both), so every A row and B row is a contiguous run that
     # the compiler can load 16 bytes at a time and pipeline with asynchronous copies.
@@ -278,7 +297,7 @@ def _conv2d_bias_act_kernel(
         a_rows = offs_m * sxw + g * Cg
         for c0 in range(step_lo * BLOCK_K, step_hi * BLOCK_K, BLOCK_K):
             c = c0 + offs_k
-            if EVEN_C:
+            if UNMASKED_C:
                 a = tl.load(x_ptr + a_rows[:, None] + c[None, :], mask=mask_m[:, None], other=0.0)
                 b = tl.load(w_ptr + oc[None, :] + c[:, None] * swc, mask=mask_n[None, :], other=0.0)
             else:
@@ -381,7 +400,7 @@ def _conv2d_bias_act_kernel(
                 valid = ((ih0_rows + dh).to(tl.uint32) < H.to(tl.uint32)) & ((iw0 + dw).to(tl.uint32) < W.to(tl.uint32))
                 a_ptrs = x_ptr + row_base[:, None] + (dh * sxh + dw * sxw + c)[None, :]
                 b_ptrs = w_ptr + oc[None, :] + (kh * swh + kw * sww) + c[:, None] * swc
-                if EVEN_C:  # whole channel blocks: no channel mask
+                if UNMASKED_C:  # whole channel blocks: no channel mask
                     a = tl.load(a_ptrs, mask=valid[:, None], other=0.0)
                     b = tl.load(b_ptrs, mask=mask_n[None, :], other=0.0)
                 else:
@@ -502,7 +521,7 @@ def walk_constexprs(kh: int, kw: int, cg: int, flat_k: bool, gemm_1x1: bool, pad
     ``aot_compile``'s: the code compiled offline is the code a GPU runs)."""
     return dict(
         KH=kh, KW=kw, FLAT_K=flat_k, FLAT_CG=(_PADDED_CHANNELS if pad_c else cg) if flat_k else 1, PAD_C=pad_c,
-        EVEN_C=not flat_k and cg % _EVEN_C_BLOCK == 0, GEMM_1X1=gemm_1x1, HAS_RESIDUAL=residual,
+        EVEN_C=even_c(cg, flat_k), GEMM_1X1=gemm_1x1, HAS_RESIDUAL=residual,
         EARLY_RESIDUAL=early_residual(residual, split_k, kh, kw, cg, element_size), SPLIT_K=split_k,
         SERIAL_SPLIT=split_k > 1 and serial_split,
     )

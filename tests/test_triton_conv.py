@@ -853,7 +853,7 @@ def _gpu_configs_for(shape):
                                                             [torch.float32, torch.bfloat16]):
         named = {"M_BUCKET": m_bucket, "OCg": ocg, "Cg": cg, "FLAT_K": flat_k, "x_ptr": torch.empty(0, dtype=dtype)}
         kept += K._prune(K.hopper_configs(), named, KH=k, KW=k, FLAT_K=flat_k, HAS_RESIDUAL=residual,
-                         EVEN_C=not flat_k and cg % 64 == 0)
+                         EVEN_C=K.even_c(cg, flat_k))
     by_name = {K.config_name(cfg): cfg for cfg in kept}
     return [by_name[n] for n in sorted(by_name)]
 
@@ -887,6 +887,47 @@ def test_every_gpu_tile_config_is_correct(monkeypatch, shape):
         monkeypatch.setattr(triton_conv, "_chosen_configs", _Forced(config))
         y = _run_kernel(x, weight, bias, res, conv_args, True)
         assert rel_err(y, ref) < 1e-5, triton_conv.config_name(config)
+
+
+def test_128_deep_k_steps_only_for_long_k_in_whole_128_channel_blocks():
+    import triton
+
+    from resnet_fast.kernels import conv as K
+
+    deep = [c for c in K.hopper_configs() if c.kwargs["BLOCK_K"] == 128]
+    assert deep
+
+    def kept(cg, k, dtype=torch.bfloat16, m=1 << 20, split_k=1, gemm_1x1=False):
+        named = {"M_BUCKET": m, "OCg": 512, "Cg": cg, "FLAT_K": False, "x_ptr": torch.empty(0, dtype=dtype)}
+        cfgs = K._prune(K.hopper_configs(), named, KH=k, KW=k, FLAT_K=False, HAS_RESIDUAL=False, GEMM_1X1=gemm_1x1,
+                        EVEN_C=K.even_c(cg, False), SPLIT_K=split_k)
+        return any(c.kwargs["BLOCK_K"] == 128 for c in cfgs)
+
+    assert kept(512, 3) and kept(128, 3) and kept(1024, 1, gemm_1x1=True)  # 36, 9 and 8 steps of 128
+    assert not kept(512, 1, gemm_1x1=True)  # 4 steps: nothing to gain
+    assert not kept(192, 3)  # whole 64-channel blocks only: the 128-deep walk would need its mask
+    assert not kept(512, 3, dtype=torch.float32)  # 384 KB of pipeline buffers
+    assert not kept(512, 3, m=64, split_k=8)  # batch 1's K shares
+    assert K.even_c(192, False) == 64 and K.even_c(256, False) == 128 and K.even_c(96, False) == 0
+    assert K.even_c(256, True) == 0
+    assert isinstance(deep[0], triton.Config)
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("shape", [("3x3_s1_c192", 192, 20, 3, 1, 1, 1, 1), ("1x1_s1_c192_deep", 192, 24, 1, 1, 0, 1, 1)],
+                         ids=["3x3_c192", "1x1_c192"])
+def test_a_128_deep_step_on_64_channel_blocks_keeps_its_channel_mask(monkeypatch, shape):
+    # The prune never gives these shapes a 128-deep K step; forced anyway (EVEN_C is 64: whole
+    # 64-channel blocks), the kernel masks the last block's channels itself instead of reading past them.
+    import triton
+
+    from resnet_fast.kernels import conv as triton_conv
+
+    config = triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 128, "GROUP_M": 4}, num_warps=4, num_stages=1)
+    x, weight, bias, res, conv_args, ref = _case(shape, torch.float32, True, True, seed=37, n=2, h=7, w=6)
+    monkeypatch.setattr(triton_conv, "_chosen_configs", _Forced(config))
+    y = _run_kernel(x, weight, bias, res, conv_args, True)
+    assert rel_err(y, ref) < 1e-5
 
 
 @pytest.mark.interpreter
