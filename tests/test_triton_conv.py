@@ -907,7 +907,7 @@ def test_128_deep_k_steps_only_for_long_k_in_whole_128_channel_blocks():
     assert not kept(512, 1, gemm_1x1=True)  # 4 steps: nothing to gain
     assert not kept(192, 3)  # whole 64-channel blocks only: the 128-deep walk would need its mask
     assert not kept(512, 3, dtype=torch.float32)  # 384 KB of pipeline buffers
-    assert not kept(512, 3, m=64, split_k=8)  # batch 1's K shares
+    assert not kept(512, 3, m=1024, split_k=2)  # K shares (layer2 at batch 1), though the tile fits M
     assert K.even_c(192, False) == 64 and K.even_c(256, False) == 128 and K.even_c(96, False) == 0
     assert K.even_c(256, True) == 0
     assert isinstance(deep[0], triton.Config)
