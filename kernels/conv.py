@@ -307,9 +307,16 @@ def _conv2d_bias_act_kernel(
             acc = tl.dot(_tf32_operand(a, INPUT_PRECISION), _tf32_operand(b, INPUT_PRECISION), acc,
                        input_precision=INPUT_PRECISION)
     else:
-        ow = offs_m % OW
-        oh = (offs_m // OW) % OH
-        n = offs_m // (OW * OH)
+        # m = (n * OH + oh) * OW + ow: two divisions per row, unsigned where the offsets are 32-bit
+        # (m >= 0; a runtime signed division costs the sign fix-ups on top), instead of three signed.
+        if INDEX_64:
+            q = offs_m // OW
+            n = q // OH
+        else:
+            q = (offs_m.to(tl.uint32) // OW.to(tl.uint32)).to(tl.int32)
+            n = (q.to(tl.uint32) // OH.to(tl.uint32)).to(tl.int32)
+        ow = offs_m - q * OW
+        oh = q - n * OH
         ih0 = oh * stride_h - pad_h
         iw0 = ow * stride_w - pad_w
         x_rows = n * sxn + g * Cg

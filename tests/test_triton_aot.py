@@ -76,6 +76,7 @@ LOOP_CEILING = {
 # step per kernel row, 7 rows): a ceiling on the whole kernel instead. Session 4: 1072 / 1216
 # (Triton 3.6 / 3.8) after padding the stem's input to 4 channels; the 140 / 173-instruction loop
 # before it ran 7 times, ~1600 instructions per tile.
+# Session 9, (n, oh, ow) from two unsigned divisions: 1008-1040 / 1176-1184.
 # ResNeXt 8 channels per group (3 kernel rows, aligned 16-byte runs): 608 / 616.
 UNROLLED_CEILING = {"stem_7x7": 1400, "3x3_grouped_8ch": 720}
 
