@@ -109,6 +109,11 @@ def kernel_stats(kernel) -> dict:
         "smem_KB": kernel.metadata.shared // 1024,
         "HGMMA": base["HGMMA"], "cvt.rna.tf32": kernel.asm["ptx"].count("cvt.rna.tf32"), "HMMA": base["HMMA"], "LDGSTS": base["LDGSTS"], "LDG": base["LDG"],
         "UTMALDG": base["UTMALDG"], "UTMASTG": base["UTMASTG"],
+        # The ReLU: a float max that keeps NaN (torch.relu's semantics), or that max folded into the
+        # conversion to 16 bits (F2FP.RELU, which keeps NaN too), against a plain max, which drops NaN.
+        "relu_ops": sum(n for op, n in ops.items() if (op.startswith("FMNMX") and ".NAN" in op)
+                        or (op.startswith("F2FP") and ".RELU" in op)),
+        "FMNMX": sum(n for op, n in ops.items() if op.startswith("FMNMX") and ".NAN" not in op),
         "128-bit loads": f"{wide}/{loads}", "LDL": base["LDL"], "STL": base["STL"],
         "regs": regs.group(1) if regs else "?", "stack": stack.group(1) if stack else "?",
         "loop_instrs": len(main_loop(sass)),

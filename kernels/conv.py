@@ -38,7 +38,7 @@ import triton.language as tl
 from resnet_fast.fused import to_oc_last
 from resnet_fast.kernels import conv1x1_tma
 from resnet_fast.kernels import launch as direct
-from resnet_fast.kernels.tiles import grouped_tile
+from resnet_fast.kernels.tiles import grouped_tile, relu_keep_nan
 from resnet_fast.ops import nhwc_strides
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -465,7 +465,7 @@ def _conv2d_bias_act_kernel(
         elif HAS_RESIDUAL:
             acc += tl.load(r_ptr + y_offs, mask=out_ok, other=0.0).to(tl.float32)
         if RELU:
-            acc = tl.where(acc < 0.0, 0.0, acc)  # NaN stays NaN, as in torch.relu (max would drop it)
+            acc = relu_keep_nan(acc)
         tl.store(y_ptr + y_offs, acc.to(y_ptr.dtype.element_ty), mask=out_ok)
 
 
@@ -483,7 +483,7 @@ def _splitk_reduce_kernel(ws_ptr, b_ptr, r_ptr, y_ptr, total, OC,
     if HAS_RESIDUAL:
         acc += tl.load(r_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     if RELU:
-        acc = tl.where(acc < 0.0, 0.0, acc)  # NaN stays NaN, as in torch.relu (max would drop it)
+        acc = relu_keep_nan(acc)
     tl.store(y_ptr + offs, acc.to(y_ptr.dtype.element_ty), mask=mask)
 
 

@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from resnet_fast.kernels.tiles import grouped_tile
+from resnet_fast.kernels.tiles import grouped_tile, relu_keep_nan
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -114,7 +114,7 @@ def _conv1x1_tma_kernel(a_desc, b_desc, r_desc, y_desc, b_ptr, M, N, K, M_BUCKET
         # In place (y is the residual) is safe: each program reads its own tile before storing it.
         acc += r_desc.load([off_m, off_n]).to(tl.float32)
     if RELU:
-        acc = tl.where(acc < 0.0, 0.0, acc)  # NaN stays NaN, as in torch.relu
+        acc = relu_keep_nan(acc)
     y_desc.store([off_m, off_n], acc.to(y_desc.dtype))  # the store clips rows and columns past the edge
 
 

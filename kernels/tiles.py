@@ -1,4 +1,4 @@
-"""Tile scheduling shared by the conv kernels."""
+"""Tile scheduling and the ReLU shared by the conv kernels."""
 import triton
 import triton.language as tl
 
@@ -13,3 +13,10 @@ def grouped_tile(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_
     first_m = (pid // pids_per_group) * GROUP_M
     group_rows = min(num_pid_m - first_m, GROUP_M)
     return first_m + (pid % pids_per_group) % group_rows, (pid % pids_per_group) // group_rows
+
+
+@triton.jit
+def relu_keep_nan(x):
+    """max(x, 0) that keeps NaN, as torch.relu does: one max.NaN (FMNMX.NAN on sm_90) per element,
+    where a plain max would turn NaN into 0 and the compare-and-select it replaces takes two."""
+    return tl.maximum(x, 0.0, propagate_nan=tl.PropagateNan.ALL)

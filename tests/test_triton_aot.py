@@ -107,6 +107,12 @@ def test_kernel_sass_for_sm90_every_kept_config(tmp_path):
             # No spill traffic. (ptxas can reserve an 8-byte frame for a PTX local depot that no
             # instruction touches: seen on Triton 3.8 for the split-K specialisation, harmless.)
             assert row["LDL"] == 0 and row["STL"] == 0 and int(row["stack"]) <= 8, "spills: " + where
+            # The ReLU keeps NaN (torch.relu does): max.NaN (alone or folded into the bf16/fp16
+            # conversion), never a plain float max (which returns 0 for NaN).
+            # (A K split whose shares a second kernel adds leaves the epilogue to that kernel.)
+            spec = report["specs"][name]
+            epilogue_here = len(spec) <= 10 or spec[10] == 1 or (len(spec) > 11 and spec[11])
+            assert row["FMNMX"] == 0 and (row["relu_ops"] > 0) == (bool(spec[5]) and epilogue_here), "relu: " + where
             # Issue slots per K step (the loop body, per thread): regressions such as a runtime
             # integer division per k (the stem's loop was 612-654 instructions) fail here.
             if row["loop_instrs"] == 0:
@@ -171,6 +177,7 @@ def test_tma_kernel_compiles_for_sm90_every_config():
     for row in rows:
         assert row["UTMALDG"] > 0 and row["UTMASTG"] > 0 and row["HGMMA"] > 0 and row["LDGSTS"] == 0, row
         assert row["LDL"] == 0 and row["STL"] == 0, row
+        assert row["FMNMX"] == 0 and row["relu_ops"] > 0, row  # the ReLU keeps NaN
 
 
 UNTUNED = r"""
