@@ -573,18 +573,45 @@ def test_gpu_autocast_runs_bf16():
     assert torch.equal(out_cl, out)
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("split_k", [1, 4])
-def test_gpu_relu_keeps_nan_like_torch(split_k):
-    # Compiled, max(x, 0) is fmax: NaN would come out as 0 (the interpreter's numpy keeps it).
-    x, weight, bias, res, conv_args, ref = _case(SHAPE_CLASSES[2], torch.bfloat16, True, True, device="cuda", seed=31)
+# The epilogues that apply the ReLU: the conv kernel, its K split with the shares added in the kernel
+# or by the reduce kernel, and the 1x1 TMA kernel. (shape index, split_k, serial_split, tma)
+_RELU_PATHS = {"conv": (2, None, None, None), "split_serial": (2, 4, True, None), "split_reduce": (2, 4, False, None),
+               "tma_1x1": (10, None, None, True)}
+
+
+def _relu_nan_case(path, dtype, device):
+    """A case with NaN in x, run through one epilogue; returns (y, expected) with expected from a
+    direct float64 conv on the CPU (a cuDNN FFT or Winograd algorithm could spread the NaN over tiles)."""
+    shape_index, split_k, serial, tma = _RELU_PATHS[path]
+    x, weight, bias, res, conv_args, _ = _case(SHAPE_CLASSES[shape_index], dtype, True, True, device=device, seed=31)
     x[0, :, 3, 4] = float("nan")
-    y = _run_kernel(x, weight, bias, res, conv_args, True, split_k=split_k)
-    # Where NaN must be: a direct float64 conv on the CPU (a cuDNN FFT or Winograd algorithm could
-    # spread the NaN over whole tiles).
+    y = _run_kernel(x, weight, bias, res, conv_args, True, split_k=split_k, serial_split=serial, tma=tma)
     cpu64 = [t.cpu().double() if t is not None else None for t in (x, weight, bias, res)]
     expected = _torch_same_dtype(*cpu64, conv_args, True).to(y.device)
     assert torch.isnan(expected).any()
+    return y, expected
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("path", list(_RELU_PATHS))
+def test_relu_keeps_nan_like_torch(path):
+    # torch.relu keeps NaN; a plain max turns it into 0 (Triton 3.8's interpreter does too). (The TMA
+    # kernel takes 16-bit data only; the interpreter's fp16 dot is exact enough, its bf16 one is not.)
+    y, expected = _relu_nan_case(path, torch.float16 if path == "tma_1x1" else torch.float32, "cpu")
+    assert torch.equal(torch.isnan(y), torch.isnan(expected))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("path", list(_RELU_PATHS))
+def test_gpu_relu_keeps_nan_like_torch(path, dtype):
+    # Compiled, the ReLU is max.NaN; for 16-bit outputs ptxas folds it into the conversion (F2FP.RELU).
+    if path == "tma_1x1":
+        from resnet_fast.kernels import conv1x1_tma
+
+        if not conv1x1_tma.available(torch.empty(0, device="cuda")):
+            pytest.skip("no TMA on this GPU")
+    y, expected = _relu_nan_case(path, dtype, "cuda")
     assert torch.equal(torch.isnan(y), torch.isnan(expected))
 
 
