@@ -140,7 +140,7 @@ def main(argv=None) -> int:
         named = {"M_BUCKET": m_bucket, "OCg": spec[8] // spec[9], "Cg": spec[7] // spec[9],
                  "x_ptr": torch.empty(0, dtype=_DTYPES[spec[0]])}
         # The constexprs the launcher passes for such a layer (what the prune reads: EVEN_C, SPLIT_K, ...).
-        cg, flat_k = spec[7] // spec[9], spec[2]
+        cg, flat_k = named["Cg"], spec[2]
         pad_c = flat_k and K.pads_channels(cg, spec[9], spec[1], 1)
         walk = K.walk_constexprs(spec[1], spec[1], cg, flat_k, spec[3], pad_c, spec[4], spec[10] if len(spec) > 10 else 1,
                                  named["x_ptr"].element_size(), len(spec) > 11 and spec[11])

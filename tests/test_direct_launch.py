@@ -243,16 +243,22 @@ def _planned_call(triton_conv):
     return call, ref
 
 
-@pytest.mark.interpreter
-def test_a_direct_launch_that_raises_turns_them_off_and_the_call_still_runs(interpreted_direct, monkeypatch):
-    triton_conv, direct = interpreted_direct
+def _planned_call_whose_launcher_raises(triton_conv, error):
+    """``_planned_call`` with its plan's compiled launcher replaced by one that raises ``error``."""
     call, ref = _planned_call(triton_conv)
     (plan,) = triton_conv._plans.values()
 
-    def refuses(*args):
-        raise TypeError("launch() takes 14 positional arguments")
+    def launcher(*args):
+        raise error
 
-    plan.direct.launcher = refuses
+    plan.direct.launcher = launcher
+    return call, ref
+
+
+@pytest.mark.interpreter
+def test_a_direct_launch_that_raises_turns_them_off_and_the_call_still_runs(interpreted_direct, monkeypatch):
+    triton_conv, direct = interpreted_direct
+    call, ref = _planned_call_whose_launcher_raises(triton_conv, TypeError("launch() takes 14 positional arguments"))
     monkeypatch.setattr(direct, "failure", None)
     with pytest.warns(UserWarning, match="direct Triton launches failed"):
         y = call()
@@ -277,13 +283,8 @@ def test_out_of_memory_in_a_direct_launch_is_not_blamed_on_it(interpreted_direct
 @pytest.mark.interpreter
 def test_other_errors_in_a_direct_launch_propagate_and_keep_it_on(interpreted_direct):
     triton_conv, direct = interpreted_direct
-    call, _ = _planned_call(triton_conv)
-    (plan,) = triton_conv._plans.values()
-
-    def cuda_error(*args):
-        raise RuntimeError("CUDA error: an illegal memory access was encountered")
-
-    plan.direct.launcher = cuda_error
+    call, _ = _planned_call_whose_launcher_raises(
+        triton_conv, RuntimeError("CUDA error: an illegal memory access was encountered"))
     with pytest.raises(RuntimeError, match="illegal memory access"):
         call()
     assert direct.ENABLED and triton_conv._plans
