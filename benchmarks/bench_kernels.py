@@ -195,6 +195,13 @@ def bench_conv(args, rows, header, prog):
                         return triton_conv.conv2d_bias_act(xs[i % count], weight_for_op, bias, rs[i % count], [1, 1],
                                                            [0, 0], [1, 1], 1, relu, tma=forced)
                     providers.append((name, forced_fn))
+            if triton_conv.wave_split(n, oh * oh, oc, c * k * k, 1, triton_conv._sm_count(x.device)):
+                # A shape the launcher may run as two launches (kernels/conv.py wave_split): one launch
+                # beside it, whichever the timing on the first call kept.
+                def one_launch(i):
+                    return triton_conv.conv2d_bias_act(xs[i % count], weight_for_op, bias, rs[i % count], [s, s], [p, p],
+                                                       [1, 1], 1, relu, batch_split=0)
+                providers.append(("resnet_fast launcher, one launch forced", one_launch))
         ref = unfused(0).float()
         shape_name = f"{label} {c}->{oc} k{k} s{s} {h}x{h} n{n}" + (" +res" if res else "")
         # First calls (tuning, errors) for every provider, then the timing rounds, interleaved.
@@ -205,14 +212,25 @@ def bench_conv(args, rows, header, prog):
                 if provider == "resnet_fast fused" and cuda:
                     triton_conv._conv2d_bias_act_kernel.configs_timings = None
                     tma_before = dict(triton_conv._tma_choice)
+                    logged, splits_before = len(triton_conv.tuning_log), dict(triton_conv._split_report)
                     out0 = fn(0).float()  # the first call tunes (or reads the disk cache)
                     _, timings = triton_conv.tuning_state()
+                    runs = triton_conv.tuning_log[logged:]
+                    whole = [r for r in runs if not r["part"] and r["config_ms"]]
+                    if whole:  # a wave split's two launches tune after the one launch: report the latter
+                        timings = whole[0]["config_ms"]
                     # Every config the autotuner timed for this shape: what to keep, what to add.
                     tuning = {"triton_config_ms": timings, "triton_best": min(timings, key=timings.get) if timings else None}
                     # 1x1 convs: whether the TMA kernel was timed against the general one, and won.
                     tma_new = [v for k, v in triton_conv._tma_choice.items() if k not in tma_before]
                     tuning["tma_kernel"] = (("won" if any(tma_new) else "failed" if triton_conv._tma_failure else "not clearly faster")
                                             if tma_new else None)
+                    # Where the launcher timed one launch against two (wave_split): what it found, and
+                    # each launch's tuning (batch, M, config chosen, every config's time).
+                    split = [v for key, v in triton_conv._split_report.items() if key not in splits_before]
+                    tuning["wave_split"] = split[0] if split else None
+                    if split:
+                        tuning["tuning_runs"] = runs
                 else:
                     out0 = fn(0).float()
                 err, abs_err = common.rel_err(out0, ref), common.max_abs_err(out0, ref)

@@ -615,6 +615,18 @@ def config_name(config) -> str:
     return f"{k['BLOCK_M']}x{k['BLOCK_N']}x{k['BLOCK_K']} w{k['num_warps']} s{k['num_stages']}"
 
 
+# One entry per tuning run of the general kernel (benchmark reports): the batch, M, whether it was a
+# wave split's launch, the K split, the config chosen and every timed config's median (None where the
+# tuner read its disk cache instead of timing).
+tuning_log = []
+
+
+def _first_timings(timings):
+    if not timings:
+        return None
+    return {config_name(c): (t[0] if isinstance(t, (list, tuple)) else t) for c, t in timings.items()}
+
+
 def tuning_state():
     """What the autotuner knows, for benchmark reports: ``({tuning key: chosen config}, {config:
     median ms})``, the latter from the most recent tuning run (or its disk-cached timings)."""
@@ -625,10 +637,9 @@ def tuning_state():
         chosen[f"tma {key}"] = "TMA kernel " + config_name(choice) if choice else "general kernel (TMA not clearly faster)"
     if _tma_failure:
         chosen["tma failure"] = _tma_failure
-    timings = {}
-    for c, t in (getattr(tuner, "configs_timings", None) or {}).items():
-        timings[config_name(c)] = t[0] if isinstance(t, (list, tuple)) else t
-    return chosen, timings
+    for key, n1 in _split_choice.items():
+        chosen[f"wave split {key}"] = _split_report.get(key, f"images [0, {n1}) and [{n1}, N)" if n1 else "one launch")
+    return chosen, _first_timings(getattr(tuner, "configs_timings", None)) or {}
 
 
 # How split-K shares are added up: "serial" (default) in the kernel itself, by the program of each
@@ -690,6 +701,8 @@ def conv2d_bias_act(
     split_k: Optional[int] = None,
     serial_split: Optional[bool] = None,
     tma: Optional[bool] = None,
+    batch_split: Optional[int] = None,
+    part: bool = False,
 ) -> torch.Tensor:
     """Host launcher; shapes were checked by the op. Returns a channels_last tensor in x's dtype.
 
@@ -699,11 +712,17 @@ def conv2d_bias_act(
     ``choose_split_k`` decides. ``serial_split`` picks how the shares are added (tests): in the conv
     kernel (True) or by a second kernel (False); by default ``SERIAL_SPLIT_K``. ``tma`` forces (True)
     or forbids (False) the TMA kernel for 1x1 convs; by default it runs where it tuned faster.
+    ``batch_split`` forces (n1 > 0) or forbids (0) two launches, on images [0, n1) and [n1, N); by
+    default ``wave_split`` proposes it where the last wave of big tiles is at most half full, and it
+    runs where it timed faster. ``part`` marks such a launch (internal): it is never split again,
+    and tunes for its exact M.
     """
     global launch_count
     plan_key = None
-    if direct.ENABLED and _direct_ok(x) and index_64 is None and split_k is None and serial_split is None:
-        plan_key = _plan_key(x, weight, bias, residual, out, stride, padding, dilation, groups, relu, tma)
+    if (direct.ENABLED and _direct_ok(x) and index_64 is None and split_k is None and serial_split is None
+            and not batch_split):
+        plan_key = _plan_key(x, weight, bias, residual, out, stride, padding, dilation, groups, relu, tma,
+                             "part" if part else batch_split)
         y = _run_plan(plan_key, x, weight, bias, residual, out)
         if y is not None:
             return y
@@ -733,11 +752,6 @@ def conv2d_bias_act(
     ocg = oc // groups
     gemm_1x1 = kh == 1 and kw == 1 and list(stride) == [1, 1] and list(padding) == [0, 0]
     flat_k = not gemm_1x1 and cg < 32
-    pad_c = flat_k and pads_channels(cg, groups, kw, dilation[1])
-    if pad_c:
-        x = _pad_channels(x)  # also makes it dense channels_last
-    elif x.stride() != nhwc_strides(n, c, h, w):
-        x = torch.empty_strided(x.shape, nhwc_strides(n, c, h, w), dtype=x.dtype, device=x.device).copy_(x)
     dense = (1, oc, kw * cg * oc, cg * oc)
     if any(size > 1 and st != want for size, st, want in zip(weight.shape, weight.stride(), dense)):
         # The kernel wants the weight dense [KH, KW, C/groups, OC], output channels innermost
@@ -746,6 +760,41 @@ def conv2d_bias_act(
         weight = to_oc_last(weight)
     if bias.stride(0) != 1:
         bias = bias.contiguous()  # the kernels index bias by output channel
+    if batch_split is None and not part and tma is None and _split_auto and not flat_k:
+        # (Before x is padded or made dense: each launch does that for its own images.)
+        # A wave-split candidate (layer4's 512-channel convs at batch 256): one launch, or two whose
+        # first fills whole waves of big tiles. Decided by timing on the layer shape's first call.
+        n1 = wave_split(n, oh * ow, ocg, kh * kw * cg, groups, _sm_count(x.device))
+        if n1:
+            split_key = (tuple(x.shape), tuple(weight.shape), tuple(stride), tuple(padding), tuple(dilation),
+                         residual is not None, relu, x.dtype,
+                         x.dtype == torch.float32 and x.is_cuda and cudnn_conv_allows_tf32())
+            batch_split = _split_choice.get(split_key)
+            if batch_split is None:
+                if _capturing(x):
+                    raise _not_tuned(x, weight)
+                r = residual
+                if r is not None and r.untyped_storage().data_ptr() == y.untyped_storage().data_ptr():
+                    r = r.clone()  # in place: the timing runs would add the residual again and again
+                conv = (stride, padding, dilation, groups, relu)
+                _split_choice[split_key] = _decide_wave_split(
+                    lambda: conv2d_bias_act(x, weight, bias, r, *conv, out=y, batch_split=0),
+                    lambda: _split_launch(n1, x, weight, bias, r, y, conv), n1, split_key)
+                return y  # (the decision's last run, the split one, wrote y)
+    elif batch_split is not None and (isinstance(batch_split, bool) or not isinstance(batch_split, int)
+                                      or not 0 <= batch_split < n):
+        raise ValueError(f"batch_split: expected 0 (one launch) or a count of images in [1, {n}) for the first "
+                         f"of two launches, got {batch_split}")
+    if batch_split:
+        _split_launch(batch_split, x, weight, bias, residual, y, (stride, padding, dilation, groups, relu))
+        if plan_key is not None and inputs_kept():
+            _remember_split(plan_key, batch_split, y, (stride, padding, dilation, groups, relu))
+        return y  # (each launch counted itself)
+    pad_c = flat_k and pads_channels(cg, groups, kw, dilation[1])
+    if pad_c:
+        x = _pad_channels(x)  # also makes it dense channels_last
+    elif x.stride() != nhwc_strides(n, c, h, w):
+        x = torch.empty_strided(x.shape, nhwc_strides(n, c, h, w), dtype=x.dtype, device=x.device).copy_(x)
     if residual is not None and (residual.stride() != y.stride() or residual.dtype != y.dtype):
         residual = torch.empty_like(y).copy_(residual)
     # fp16/bf16 operands ignore the setting (tf32 is Triton's default); fp32 gets TF32 tensor cores
@@ -770,7 +819,9 @@ def conv2d_bias_act(
     def grid(meta):
         return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(ocg, meta["BLOCK_N"]), groups, split_k)
 
-    m_bucket = triton.next_power_of_2(m)
+    # A wave split's launch tunes for its exact M: its images were chosen to fill whole waves, and the
+    # bucket would hand it the tuning of the whole batch (layer4 at batch 256: both in 16384).
+    m_bucket = m if part else triton.next_power_of_2(m)
     args = (
         x, weight, bias, residual if residual is not None else y, y,
         y if workspace is None else workspace, bias if counters is None else counters,
@@ -813,12 +864,7 @@ def conv2d_bias_act(
     decide_tma = auto_tma and tma_choice is None
     if tuning or decide_tma:
         if _capturing(x):
-            # Tuning synchronises the device, which would invalidate the capture.
-            raise RuntimeError(
-                f"resnet_fast: the Triton conv for this layer shape ({n}x{c}x{h}x{w} -> {oc} channels, "
-                f"{kh}x{kw} kernel, {x.dtype}) is not tuned yet, and it cannot be tuned during CUDA graph "
-                "capture: run the model once on inputs of this shape before capturing (a warm-up "
-                "iteration, as torch.cuda.graph's documentation asks), or use resnet_fast.cuda_graph")
+            raise _not_tuned(x, weight)
         if ((workspace is None or serial) and residual is not None
                 and residual.untyped_storage().data_ptr() == y.untyped_storage().data_ptr()):
             # In place (out is the residual): tuning runs every candidate many times on these
@@ -838,10 +884,15 @@ def conv2d_bias_act(
     if config_kwargs is None:
         with _tuning_lock:  # best_config is the tuner's last pick: no other launch in between
             _precompile(args, constexprs, grid)
+            _conv2d_bias_act_kernel.configs_timings = None
             _conv2d_bias_act_kernel[grid](*args, **constexprs)
             config = getattr(_conv2d_bias_act_kernel, "best_config", None)
+            timings = getattr(_conv2d_bias_act_kernel, "configs_timings", None)
         if config is not None:
             config_kwargs = _chosen_configs[tuning_key] = config.all_kwargs()
+            if len(tuning_log) < 4096:
+                tuning_log.append({"n": n, "m": m, "part": part, "split_k": split_k, "best": config_name(config),
+                                   "config_ms": _first_timings(timings)})
     else:
         kernel = _conv2d_bias_act_kernel.fn[grid](*args, **constexprs, **config_kwargs)
         if plan_key is not None and not decide_tma and inputs_kept(pad_c):
@@ -867,7 +918,7 @@ _plans = {}
 _MAX_PLANS = 4096
 
 
-def _plan_key(x, weight, bias, residual, out, stride, padding, dilation, groups, relu, tma=None):
+def _plan_key(x, weight, bias, residual, out, stride, padding, dilation, groups, relu, tma=None, split=None):
     """Everything a launch of this conv depends on, or None (no direct launch: a pointer that is not
     16-byte aligned, which Triton would compile another specialisation for)."""
     ptrs = x.data_ptr() | weight.data_ptr() | bias.data_ptr()
@@ -886,7 +937,7 @@ def _plan_key(x, weight, bias, residual, out, stride, padding, dilation, groups,
     # get_device() alone is -1 for the CPU and meta alike, 0 for cuda:0 and any other backend's 0.
     return (x.shape, x.stride(), x.dtype, x.device, weight.shape, weight.stride(), weight.dtype,
             weight.device, bias.shape, bias.stride(), bias.dtype, bias.device, extra,
-            tuple(stride), tuple(padding), tuple(dilation), groups, relu, tf32, _tma_auto, tma)
+            tuple(stride), tuple(padding), tuple(dilation), groups, relu, tf32, _tma_auto, tma, split, _split_auto)
 
 
 def _direct_ok(x: torch.Tensor) -> bool:
@@ -907,7 +958,7 @@ def _run_plan(plan_key, x, weight, bias, residual, out) -> Optional[torch.Tensor
         direct.disable(e)
         _plans.clear()
         return None
-    if y is not None:
+    if y is not None and not isinstance(plan, _SplitPlan):  # (a split's launches count themselves)
         launch_count += 1
     return y
 
@@ -947,9 +998,7 @@ class _Plan:
         """Whether the tuning tables the plan came from are still the launcher's (tests and tools swap
         them to tune afresh; the plan holds them, so a new table never reuses an old one's identity),
         and the TMA kernel is still allowed for a TMA plan (RESNET_FAST_TMA is read on every call)."""
-        tables = self.tuning
-        return (tables[0] is _chosen_configs and tables[1] is _tma_choice and tables[2] is _tma_forced
-                and (self.tma_config is None or conv1x1_tma.allowed()))
+        return _tables_current(self.tuning) and (self.tma_config is None or conv1x1_tma.allowed())
 
     def run(self, x, weight, bias, residual, out):
         """y, or None where this call needs the full launcher (counters not 16-byte aligned)."""
@@ -976,8 +1025,31 @@ class _Plan:
         return y
 
 
+class _SplitPlan:
+    """A wave split's plan: the two launches on images [0, n1) and [n1, N), each through its own plan."""
+
+    __slots__ = ("n1", "conv", "y_shape", "y_strides", "tuning")
+
+    def __init__(self, n1, y, conv):
+        self.n1, self.conv = n1, conv
+        self.y_shape, self.y_strides = tuple(y.shape), tuple(y.stride())
+        self.tuning = _tuning_tables()
+
+    def current(self) -> bool:
+        return _tables_current(self.tuning)
+
+    def run(self, x, weight, bias, residual, out):
+        y = out if out is not None else torch.empty_strided(self.y_shape, self.y_strides, dtype=x.dtype, device=x.device)
+        _split_launch(self.n1, x, weight, bias, residual, y, self.conv)
+        return y
+
+
 def _tuning_tables():
-    return (_chosen_configs, _tma_choice, _tma_forced)
+    return (_chosen_configs, _tma_choice, _tma_forced, _split_choice)
+
+
+def _tables_current(tables) -> bool:
+    return all(a is b for a, b in zip(tables, _tuning_tables()))
 
 
 def _remember_tma(key, kernel, x, weight, bias, residual, y, relu, config):
@@ -992,6 +1064,12 @@ def _remember(key, kernel, grid, y, relu, tail, tma_config=None, pad_c=False, wo
     if len(_plans) >= _MAX_PLANS:
         _plans.clear()
     _plans[key] = _Plan(launch, tail, y, pad_c, workspace, counters, reduce, tma_config, relu)
+
+
+def _remember_split(key, n1, y, conv):
+    if len(_plans) >= _MAX_PLANS:
+        _plans.clear()
+    _plans[key] = _SplitPlan(n1, y, conv)
 
 
 def _splitk_reduce(workspace, bias, residual, y, relu):
@@ -1045,6 +1123,75 @@ def _decide_tma(general, x, weight, bias, residual, y, relu, bench=None):
     # kernels tie, timing noise picked either (session 7, layer4.1.conv1: general in one run, TMA in
     # the next, where its benchmark row came out 3x slower).
     return config if t_tma < TMA_MARGIN * t_general else False
+
+
+# Wave splits only for long K (compute-bound: where big tiles pay) and one or two whole waves (where
+# a half-empty last wave is a quarter to a sixth of the time).
+SPLIT_MIN_K = 1024
+SPLIT_MAX_WAVES = 2
+
+
+def wave_split(n: int, pixels: int, ocg: int, k: int, groups: int, sms: int) -> int:
+    """Images for the first of two launches where one launch of big tiles leaves its last wave at most
+    half full, else 0. The first launch gets whole waves of big tiles (128x256, or 256x128 for 128
+    output channels), the second the rest, where the tuner may pick smaller tiles that fill the GPU
+    (a 128x128 tile alone on an SM runs ~2/3 of a 128x256's time). ResNet-50 at batch 256 on 132
+    SMs: layer4's 512-channel convs (M = 12544: 196 tiles, 1.48 waves) as 172 + 84 images; no other
+    layer. Whether the two launches are faster is timed (``_decide_wave_split``). ``k`` is the GEMM's
+    K (KH * KW * C / groups)."""
+    if groups != 1 or ocg < 128 or k < SPLIT_MIN_K or n < 2 or sms < 1:
+        return 0
+    bm, bn = (128, 256) if ocg >= 256 else (256, 128)
+    n_tiles = triton.cdiv(ocg, bn)
+    whole, rest = divmod(triton.cdiv(n * pixels, bm) * n_tiles, sms)
+    if not 0 < whole <= SPLIT_MAX_WAVES or rest == 0 or 2 * rest > sms:
+        return 0
+    n1 = (whole * sms // n_tiles) * bm // pixels
+    return n1 if 0 < n1 < n else 0
+
+
+# Wave splits: on by default where the tuner runs (RESNET_FAST_WAVE_SPLIT=0 turns them off); never in
+# the interpreter, where there are no waves.
+_split_auto = (os.environ.get("RESNET_FAST_AUTOTUNE", "1") != "0" and os.environ.get("RESNET_FAST_WAVE_SPLIT", "1") != "0"
+               and not INTERPRET)
+# How much faster than one launch the two must time to be kept (each also costs a launch's host time).
+SPLIT_MARGIN = 0.97
+# layer shape -> images of the first launch where two launches won, else 0; and what was timed.
+_split_choice = {}
+_split_report = {}
+
+
+def _split_launch(n1, x, weight, bias, residual, y, conv):
+    """The conv as two launches, on images [0, n1) and [n1, N), writing y's two halves."""
+    for lo, hi in ((0, n1), (n1, y.shape[0])):
+        conv2d_bias_act(x[lo:hi], weight, bias, None if residual is None else residual[lo:hi], *conv,
+                        out=y[lo:hi], part=True)
+
+
+def _decide_wave_split(whole, split, n1, key, bench=None) -> int:
+    """Run both ways once (each tunes on its first call), time them, return n1 if the two launches are
+    clearly faster (``SPLIT_MARGIN``), else 0. The split runs last, so y holds its result (both are
+    complete and right)."""
+    bench = bench or _quick_bench
+    whole()
+    split()
+    t_whole = bench(whole)
+    t_split = bench(split)
+    won = t_split < SPLIT_MARGIN * t_whole
+    _split_report[key] = (f"{'two launches' if won else 'one launch'}: images [0, {n1}) + [{n1}, N) "
+                          f"{t_split:.4g} ms against {t_whole:.4g} ms for one launch")
+    return n1 if won else 0
+
+
+def _not_tuned(x, weight) -> RuntimeError:
+    # Tuning and timing synchronise the device, which would invalidate the capture.
+    n, c, h, w = x.shape
+    oc, _, kh, kw = weight.shape
+    return RuntimeError(
+        f"resnet_fast: the Triton conv for this layer shape ({n}x{c}x{h}x{w} -> {oc} channels, "
+        f"{kh}x{kw} kernel, {x.dtype}) is not tuned yet, and it cannot be tuned during CUDA graph "
+        "capture: run the model once on inputs of this shape before capturing (a warm-up "
+        "iteration, as torch.cuda.graph's documentation asks), or use resnet_fast.cuda_graph")
 
 
 def _capturing(x: torch.Tensor) -> bool:

@@ -68,6 +68,8 @@ def interpreted_direct(monkeypatch):
     monkeypatch.setattr(triton_conv, "_chosen_configs", {})  # each test's first call tunes
     monkeypatch.setattr(triton_conv, "_tma_forced", {})
     monkeypatch.setattr(triton_conv, "_tma_choice", {})
+    monkeypatch.setattr(triton_conv, "_split_choice", {})
+    monkeypatch.setattr(triton_conv, "_split_report", {})
     monkeypatch.setattr(triton_conv, "_sm_count", lambda device: 132)
     return triton_conv, direct
 
@@ -309,6 +311,45 @@ def test_a_plan_follows_the_tuning_tables_and_the_tma_switch(interpreted_direct,
     monkeypatch.setenv("RESNET_FAST_TMA", "0")  # read on every call: neither the plan nor the kernel
     with pytest.raises(ValueError, match="cannot take the TMA kernel"):
         call()
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("in_place", [False, True], ids=["out", "in_place"])
+@pytest.mark.parametrize("won", [True, False], ids=["two_launches", "one_launch"])
+def test_wave_split_decided_by_timing_then_launched_directly(interpreted_direct, monkeypatch, won, in_place):
+    """The default path where ``wave_split`` proposes two launches (made to here, on a small shape, with
+    made-up timings for each outcome): the first call times one launch against two and keeps the
+    winner; later calls take its plan, two direct launches where it won. Every call is right, in place
+    too (the decision's repeated runs must not add the residual more than once)."""
+    triton_conv, direct = interpreted_direct
+    c, oc, k, s, p, n, h, w = 40, 24, 3, 1, 1, 3, 7, 5  # 40 channels: the per-tap walk (the flat one never splits)
+    monkeypatch.setattr(triton_conv, "_split_auto", True)
+    monkeypatch.setattr(triton_conv, "wave_split", lambda n, pixels, ocg, k, groups, sms: 2)
+    timings = iter([2.0, 1.0] if won else [1.0, 1.0])  # one launch timed first, then the two
+    monkeypatch.setattr(triton_conv, "_quick_bench", lambda fn, quantiles=None: (fn(), next(timings))[1])
+    directs, counts = [], []
+    for call in range(4):
+        x, weight, bias, res, ref = _inputs(c, oc, k, s, p, n, h, w, True, seed=call)
+        before, counted = direct.launch_count, triton_conv.launch_count
+        y = triton_conv.conv2d_bias_act(x, weight, bias, res, [s, s], [p, p], [1, 1], 1, True,
+                                        out=res if in_place else None)
+        directs.append(direct.launch_count - before)
+        counts.append(triton_conv.launch_count - counted)
+        assert rel_err(y, ref) < 1e-5, call
+        assert y.data_ptr() == res.data_ptr() if in_place else y.data_ptr() != res.data_ptr()
+    assert next(timings, None) is None  # both ways timed once, on the first call only
+    (choice,) = triton_conv._split_choice.values()
+    assert choice == (2 if won else 0)
+    if won:
+        # Call 2 takes each launch's plan (made while timing; in place, whose plans differ, it makes
+        # them) and keeps the split's own.
+        assert directs[1:] == ([0, 2, 2] if in_place else [2, 2, 2]) and counts[1:] == [2, 2, 2]
+        assert sum(isinstance(plan, triton_conv._SplitPlan) for plan in triton_conv._plans.values()) == 1
+    else:
+        assert directs[1:] == [0, 1, 1] and counts[1:] == [1, 1, 1]
+    chosen, _ = triton_conv.tuning_state()
+    (report,) = [v for key, v in chosen.items() if key.startswith("wave split")]
+    assert report.startswith("two launches" if won else "one launch") and "[0, 2) + [2, N)" in report
 
 
 @pytest.fixture

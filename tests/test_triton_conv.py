@@ -5,6 +5,7 @@ Marker ``gpu``: real shapes on CUDA (benchmarks/gpu_suite.sh).
 """
 import functools
 import itertools
+import os
 
 import pytest
 import torch
@@ -61,7 +62,8 @@ def _torch_same_dtype(x, weight, bias, res, conv_args, relu):
     return y.relu() if relu else y
 
 
-def _run_kernel(x, weight, bias, res, conv_args, relu, index_64=None, split_k=None, serial_split=None, tma=None):
+def _run_kernel(x, weight, bias, res, conv_args, relu, index_64=None, split_k=None, serial_split=None, tma=None,
+                batch_split=None):
     from resnet_fast.kernels import conv as triton_conv
 
     s, p, d, g = conv_args
@@ -71,7 +73,8 @@ def _run_kernel(x, weight, bias, res, conv_args, relu, index_64=None, split_k=No
     ow = (w + 2 * p - d * (kw - 1) - 1) // s + 1
     out = torch.full((n, oh, ow, oc), float("nan"), dtype=x.dtype, device=x.device).permute(0, 3, 1, 2)  # poisoned
     y = triton_conv.conv2d_bias_act(x, to_oc_last(weight), bias, res, [s, s], [p, p], [d, d], g, relu, out=out,
-                                    index_64=index_64, split_k=split_k, serial_split=serial_split, tma=tma)
+                                    index_64=index_64, split_k=split_k, serial_split=serial_split, tma=tma,
+                                    batch_split=batch_split)
     assert y.data_ptr() == out.data_ptr()
     return y
 
@@ -107,6 +110,64 @@ def test_kernel_split_k(shape, serial):
     y = _run_kernel(x, weight, bias, res, conv_args, True, split_k=3, serial_split=serial)
     assert not torch.isnan(y).any()
     assert rel_err(y, ref) < 1e-5
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("in_place", [False, True], ids=["out", "in_place"])
+@pytest.mark.parametrize("shape", [SHAPE_CLASSES[i] for i in (0, 3, 7, 8)], ids=lambda s: s[0])
+def test_batch_split_is_the_one_launch_result(shape, in_place):
+    # Two launches on images [0, 2) and [2, 3): one launch's numbers (up to summation order: each
+    # launch picks its own K split), written into the caller's buffer (or in place into the
+    # residual), stem (its padded copy of x made per launch) and groups included.
+    from resnet_fast.kernels import conv as triton_conv
+
+    x, weight, bias, res, conv_args, ref = _case(shape, torch.float32, True, True, seed=43, n=3)
+    expected = _run_kernel(x, weight, bias, res, conv_args, True, batch_split=0)
+    before = triton_conv.launch_count
+    if in_place:
+        s, p, d, g = conv_args
+        into = res.clone()
+        y = triton_conv.conv2d_bias_act(x, to_oc_last(weight), bias, into, [s, s], [p, p], [d, d], g, True, out=into,
+                                        batch_split=2)
+        assert y.data_ptr() == into.data_ptr()
+    else:
+        y = _run_kernel(x, weight, bias, res, conv_args, True, batch_split=2)
+    assert triton_conv.launch_count - before == 2
+    assert rel_err(y, expected) < 1e-6 and rel_err(y, ref) < 1e-5
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("bad", [3, -1, 1.5, True, "2"])
+def test_batch_split_out_of_range_is_a_clear_error(bad):
+    x, weight, bias, res, conv_args, _ = _case(SHAPE_CLASSES[0], torch.float32, False, True, n=3)
+    with pytest.raises(ValueError, match=r"batch_split: expected 0 \(one launch\) or a count of images in \[1, 3\)"):
+        _run_kernel(x, weight, bias, res, conv_args, True, batch_split=bad)
+
+
+def test_wave_split_only_where_the_last_wave_is_at_most_half_full():
+    # ResNet-50 on 132 SMs: at batch 256 only layer4's 512-channel convs (7x7 outputs, 196 tiles of
+    # 128x256: 1.48 waves) are proposed, as 172 + 84 images; nothing at batch 1 or 16.
+    from resnet_fast.kernels import conv as triton_conv
+
+    for batch in (1, 16, 256):
+        for c, oc, k, s, p, hw in _resnet50_conv_shapes():
+            out_hw = (hw + 2 * p - k) // s + 1
+            n1 = triton_conv.wave_split(batch, out_hw * out_hw, oc, c * k * k, 1, 132)
+            assert n1 == (172 if batch == 256 and oc == 512 and out_hw == 7 else 0), (batch, c, oc, k, s, hw, n1)
+    # Where it proposes one, the first launch's big tiles fill whole waves, and one image more would not.
+    cases = [(256, 49, 512, 132), (192, 49, 512, 132), (300, 49, 128, 132), (256, 49, 512, 78), (37, 17 * 13, 300, 20),
+             (384, 49, 512, 132), (512, 49, 512, 132)]
+    for n, pixels, ocg, sms in cases:
+        n1 = triton_conv.wave_split(n, pixels, ocg, 4608, 1, sms)
+        bm, bn = (128, 256) if ocg >= 256 else (256, 128)
+        tiles = lambda images: -(-images * pixels // bm) * -(-ocg // bn)  # noqa: E731
+        whole, rest = divmod(tiles(n), sms)
+        assert (n1 > 0) == (0 < whole <= 2 and 0 < 2 * rest <= sms), (n, pixels, ocg, sms)
+        if n1:
+            assert 0 < n1 < n and tiles(n1) <= whole * sms < tiles(n1 + 1), (n, n1)
+    assert triton_conv.wave_split(256, 49, 512, 4608, 2, 132) == 0  # grouped: never
+    assert triton_conv.wave_split(256, 49, 64, 4608, 1, 132) == 0  # narrow: never
+    assert triton_conv.wave_split(256, 49, 512, 512, 1, 132) == 0  # short K (memory-bound): never
 
 
 @pytest.mark.interpreter
@@ -486,6 +547,46 @@ def test_gpu_tma_auto_choice_gives_the_right_result(monkeypatch, tma_wins):
     with torch.cuda.graph(graph):
         triton_conv.conv2d_bias_act(x, w, bias, into, [1, 1], [0, 0], [1, 1], 1, True, out=into)
     for _ in range(3):
+        into.copy_(res)
+        graph.replay()
+        torch.cuda.synchronize()
+        assert rel_err(into, ref) <= 2 * torch_err + 1e-6
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("won", [True, False], ids=["two_launches", "one_launch"])
+def test_gpu_wave_split_at_layer4_batch_256(monkeypatch, won):
+    """layer4.1.conv2 at batch 256, bf16: the shape ``wave_split`` proposes (172 + 84 images). Forced,
+    the two launches give one launch's numbers exactly (one config: RESNET_FAST_AUTOTUNE=0 in the
+    suite); by default, with made-up timings for each outcome, every call is right, in place, eager
+    and replayed from a CUDA graph."""
+    from resnet_fast.kernels import conv as triton_conv
+
+    monkeypatch.setattr(triton_conv, "_split_auto", True)
+    monkeypatch.setattr(triton_conv, "_split_choice", {})
+    monkeypatch.setattr(triton_conv, "_sm_count", lambda device: 132)
+    timings = iter([2.0, 1.0] if won else [1.0, 1.0])  # one launch first, then the two
+    monkeypatch.setattr(triton_conv, "_quick_bench", lambda fn, quantiles=None: (fn(), next(timings))[1])
+    shape = ("r50", 512, 512, 3, 1, 1, 1, 1)
+    x, weight, bias, res, conv_args, ref = _case(shape, torch.bfloat16, True, True, device="cuda", n=256, h=7, w=7, seed=71)
+    assert triton_conv.wave_split(256, 49, 512, 4608, 1, 132) == 172
+    one = _run_kernel(x, weight, bias, res, conv_args, True, batch_split=0)
+    two = _run_kernel(x, weight, bias, res, conv_args, True, batch_split=172)
+    if os.environ.get("RESNET_FAST_AUTOTUNE") == "0":
+        assert torch.equal(one, two)
+    torch_err = rel_err(_torch_same_dtype(x, weight, bias, res, conv_args, True), ref)
+    assert rel_err(two, ref) <= 2 * torch_err + 1e-6
+    w = to_oc_last(weight)
+    for _ in range(3):  # decides (timed), then the plan it made
+        into = res.clone()
+        triton_conv.conv2d_bias_act(x, w, bias, into, [1, 1], [1, 1], [1, 1], 1, True, out=into)
+        assert rel_err(into, ref) <= 2 * torch_err + 1e-6
+    assert list(triton_conv._split_choice.values()) == [172 if won else 0]
+    into = res.clone()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        triton_conv.conv2d_bias_act(x, w, bias, into, [1, 1], [1, 1], [1, 1], 1, True, out=into)
+    for _ in range(2):
         into.copy_(res)
         graph.replay()
         torch.cuda.synchronize()
