@@ -10,7 +10,6 @@ The choice comes from ``set_backend`` if it was called, else from ``RESNET_FAST_
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 from typing import Iterator, Optional
 
