@@ -616,8 +616,8 @@ def config_name(config) -> str:
 
 
 # One entry per tuning run of the general kernel (benchmark reports): the batch, M, whether it was a
-# wave split's launch, the K split, the config chosen and every timed config's median (None where the
-# tuner read its disk cache instead of timing).
+# wave split's launch, the K split, the config chosen and every config's median as the tuner timed it
+# or read it from its disk cache (None where only one config was left, or the tuner's memory had it).
 tuning_log = []
 
 
@@ -718,6 +718,13 @@ def conv2d_bias_act(
     and tunes for its exact M.
     """
     global launch_count
+    if batch_split is not None:
+        if isinstance(batch_split, bool) or not isinstance(batch_split, int) or not 0 <= batch_split < x.shape[0]:
+            raise ValueError(f"batch_split: expected 0 (one launch) or a count of images in [1, {x.shape[0]}) for "
+                             f"the first of two launches, got {batch_split!r}")
+        if batch_split and not (index_64 is None and split_k is None and serial_split is None and tma is None):
+            raise ValueError("batch_split: two launches cannot also force index_64, split_k, serial_split or tma "
+                             "(each launch chooses its own)")
     plan_key = None
     if (direct.ENABLED and _direct_ok(x) and index_64 is None and split_k is None and serial_split is None
             and not batch_split):
@@ -760,13 +767,14 @@ def conv2d_bias_act(
         weight = to_oc_last(weight)
     if bias.stride(0) != 1:
         bias = bias.contiguous()  # the kernels index bias by output channel
-    if batch_split is None and not part and tma is None and _split_auto and not flat_k:
+    if (batch_split is None and not part and _split_auto and not flat_k
+            and index_64 is None and split_k is None and serial_split is None and tma is None):
         # (Before x is padded or made dense: each launch does that for its own images.)
         # A wave-split candidate (layer4's 512-channel convs at batch 256): one launch, or two whose
         # first fills whole waves of big tiles. Decided by timing on the layer shape's first call.
         n1 = wave_split(n, oh * ow, ocg, kh * kw * cg, groups, _sm_count(x.device))
         if n1:
-            split_key = (tuple(x.shape), tuple(weight.shape), tuple(stride), tuple(padding), tuple(dilation),
+            split_key = (x.device, tuple(x.shape), tuple(weight.shape), tuple(stride), tuple(padding), tuple(dilation),
                          residual is not None, relu, x.dtype,
                          x.dtype == torch.float32 and x.is_cuda and cudnn_conv_allows_tf32())
             batch_split = _split_choice.get(split_key)
@@ -777,14 +785,12 @@ def conv2d_bias_act(
                 if r is not None and r.untyped_storage().data_ptr() == y.untyped_storage().data_ptr():
                     r = r.clone()  # in place: the timing runs would add the residual again and again
                 conv = (stride, padding, dilation, groups, relu)
-                _split_choice[split_key] = _decide_wave_split(
+                counted = launch_count
+                won = _split_choice[split_key] = _decide_wave_split(
                     lambda: conv2d_bias_act(x, weight, bias, r, *conv, out=y, batch_split=0),
                     lambda: _split_launch(n1, x, weight, bias, r, y, conv), n1, split_key)
+                launch_count = counted + (2 if won else 1)  # as a later call counts (not the timing runs)
                 return y  # (the decision's last run, the split one, wrote y)
-    elif batch_split is not None and (isinstance(batch_split, bool) or not isinstance(batch_split, int)
-                                      or not 0 <= batch_split < n):
-        raise ValueError(f"batch_split: expected 0 (one launch) or a count of images in [1, {n}) for the first "
-                         f"of two launches, got {batch_split}")
     if batch_split:
         _split_launch(batch_split, x, weight, bias, residual, y, (stride, padding, dilation, groups, relu))
         if plan_key is not None and inputs_kept():
@@ -874,7 +880,7 @@ def conv2d_bias_act(
             args = args[:3] + (residual,) + args[4:]
     if tma:
         with _tuning_lock:
-            kernel = conv1x1_tma.launch(x, weight, bias, residual, y, relu, tma_config)
+            kernel = conv1x1_tma.launch(x, weight, bias, residual, y, relu, tma_config, m_bucket=m_bucket)
             if tma_config is None:
                 _tma_forced[tuning_key] = conv1x1_tma.best_config()
         if plan_key is not None and tma_config is not None and inputs_kept():
@@ -904,7 +910,7 @@ def conv2d_bias_act(
     if decide_tma and config_kwargs is not None:
         _tma_choice[tuning_key] = _decide_tma(
             lambda: _conv2d_bias_act_kernel.fn[grid](*args, **constexprs, **config_kwargs),
-            x, weight, bias, residual, y, relu)
+            x, weight, bias, residual, y, relu, m_bucket=m_bucket)
     if workspace is not None and not serial:
         _splitk_reduce(workspace, bias, residual, y, relu)
     launch_count += 1
@@ -950,6 +956,8 @@ def _run_plan(plan_key, x, weight, bias, residual, out) -> Optional[torch.Tensor
     plan = _plans.get(plan_key) if plan_key is not None else None
     if plan is None or not plan.current():
         return None
+    if isinstance(plan, _SplitPlan):
+        return plan.run(x, weight, bias, residual, out)  # (its launches take their own plans, or the full path)
     try:
         y = plan.run(x, weight, bias, residual, out)
     except (TypeError, ValueError, AttributeError) as e:
@@ -958,7 +966,7 @@ def _run_plan(plan_key, x, weight, bias, residual, out) -> Optional[torch.Tensor
         direct.disable(e)
         _plans.clear()
         return None
-    if y is not None and not isinstance(plan, _SplitPlan):  # (a split's launches count themselves)
+    if y is not None:
         launch_count += 1
     return y
 
@@ -1095,7 +1103,7 @@ _tma_auto = os.environ.get("RESNET_FAST_AUTOTUNE", "1") != "0"
 _tma_failure: Optional[str] = None  # why it was turned off, for the benchmark reports
 
 
-def _decide_tma(general, x, weight, bias, residual, y, relu, bench=None):
+def _decide_tma(general, x, weight, bias, residual, y, relu, bench=None, m_bucket=None):
     """Tune the TMA kernel for this conv, time it against the general kernel's tuned launch
     (``general``), and return its config if it is clearly faster (``TMA_MARGIN``), else False. Both write y in full and
     correctly (``residual`` is a copy where the launch is in place), so y holds the result either
@@ -1106,7 +1114,7 @@ def _decide_tma(general, x, weight, bias, residual, y, relu, bench=None):
     bench = bench or _quick_bench
     try:
         with _tuning_lock:
-            conv1x1_tma.launch(x, weight, bias, residual, y, relu)
+            conv1x1_tma.launch(x, weight, bias, residual, y, relu, m_bucket=m_bucket)
             config = conv1x1_tma.best_config()
         t_tma = bench(lambda: conv1x1_tma.launch(x, weight, bias, residual, y, relu, config))
         t_general = bench(general)

@@ -182,9 +182,12 @@ def launch_values(x, weight, bias, residual, y, relu: bool, config_kwargs: dict)
     return tuple(named[name] for name in _conv1x1_tma_kernel.fn.arg_names)
 
 
-def launch(x, weight, bias, residual, y, relu: bool, config_kwargs: Optional[dict] = None):
+def launch(x, weight, bias, residual, y, relu: bool, config_kwargs: Optional[dict] = None,
+           m_bucket: Optional[int] = None):
     """One launch: tuned (the autotuner times its configs) unless ``config_kwargs`` gives the config.
-    Returns what Triton's launch returned for a given config (the compiled kernel), else None."""
+    Returns what Triton's launch returned for a given config (the compiled kernel), else None.
+    ``m_bucket``: the tuning key's M (default M rounded up to a power of two; a wave split's launch
+    passes its exact M, as for the general kernel)."""
     if config_kwargs is None:
         m = x.shape[0] * x.shape[2] * x.shape[3]
         c, oc = x.shape[1], y.shape[1]
@@ -193,7 +196,8 @@ def launch(x, weight, bias, residual, y, relu: bool, config_kwargs: Optional[dic
             return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(oc, meta["BLOCK_N"]),)
 
         a, b, r, out = descriptors(x, weight, y, residual)
-        _conv1x1_tma_kernel[grid](a, b, r, out, bias, m, oc, c, triton.next_power_of_2(m), HAS_RESIDUAL=residual is not None,
+        bucket = triton.next_power_of_2(m) if m_bucket is None else m_bucket
+        _conv1x1_tma_kernel[grid](a, b, r, out, bias, m, oc, c, bucket, HAS_RESIDUAL=residual is not None,
                                   RELU=relu, IS_BF16=x.dtype == torch.bfloat16)
         return None
     options = {k: v for k, v in config_kwargs.items() if k not in _conv1x1_tma_kernel.fn.arg_names}

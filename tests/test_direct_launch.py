@@ -352,6 +352,56 @@ def test_wave_split_decided_by_timing_then_launched_directly(interpreted_direct,
     assert report.startswith("two launches" if won else "one launch") and "[0, 2) + [2, N)" in report
 
 
+@pytest.mark.interpreter
+def test_a_wave_split_stays_where_it_was_decided(interpreted_direct, monkeypatch):
+    """Two launches only for the calls they were decided for: one launch forced, other options forced,
+    the split switched off, a fresh decision table; each launch tuned for its exact M; and during CUDA
+    graph capture an undecided shape is a clear error (timing would break the capture)."""
+    triton_conv, direct = interpreted_direct
+    c, oc, k, s, p, n, h, w = 40, 24, 3, 1, 1, 3, 7, 5
+    monkeypatch.setattr(triton_conv, "_split_auto", True)
+    monkeypatch.setattr(triton_conv, "wave_split", lambda n, pixels, ocg, k, groups, sms: 2)
+    timings = []
+    monkeypatch.setattr(triton_conv, "_quick_bench", lambda fn, quantiles=None: (fn(), timings.pop(0))[1])
+    x, weight, bias, _, ref = _inputs(c, oc, k, s, p, n, h, w, False, seed=5)
+
+    def launches(**kwargs):
+        before = triton_conv.launch_count
+        y = triton_conv.conv2d_bias_act(x, weight, bias, None, [s, s], [p, p], [1, 1], 1, True, **kwargs)
+        assert rel_err(y, ref) < 1e-5, kwargs
+        return triton_conv.launch_count - before
+
+    timings[:] = [2.0, 1.0]  # two launches win
+    assert [launches() for _ in range(3)] == [2, 2, 2] and not timings
+    # Capturing with every launch tuned, but the choice not made (a fresh table): refused, untimed.
+    choices, capturing = triton_conv._split_choice, triton_conv._capturing
+    monkeypatch.setattr(triton_conv, "_split_choice", {})
+    monkeypatch.setattr(triton_conv, "_capturing", lambda x: True)
+    with pytest.raises(RuntimeError, match="not tuned yet"):
+        launches()
+    monkeypatch.setattr(triton_conv, "_capturing", capturing)
+    monkeypatch.setattr(triton_conv, "_split_choice", choices)
+    # Each launch tuned for its exact M (2 and 1 images of 7x5 pixels: 70, 35), one launch for 105's bucket.
+    assert {key[0] for key in triton_conv._chosen_configs} == {128, 70, 35}
+    # One launch forced (with out=None, as the auto calls): its own plan, one launch, every time.
+    assert [launches(batch_split=0) for _ in range(3)] == [1, 1, 1]
+    assert launches() == 2
+    # Another option forced: not split, and split_k is honoured (the reduce kernel runs).
+    reduced, reduce = [], triton_conv._splitk_reduce
+    monkeypatch.setattr(triton_conv, "_splitk_reduce", lambda *a: (reduced.append(1), reduce(*a))[1])
+    assert launches(split_k=2, serial_split=False) == 1 and reduced == [1]
+    with pytest.raises(ValueError, match="two launches cannot also force"):
+        launches(batch_split=2, split_k=2)
+    # The split switched off, then a fresh decision table: no plan of the split is reused.
+    monkeypatch.setattr(triton_conv, "_split_auto", False)
+    assert [launches() for _ in range(2)] == [1, 1]
+    monkeypatch.setattr(triton_conv, "_split_auto", True)
+    assert launches() == 2
+    monkeypatch.setattr(triton_conv, "_split_choice", {})
+    timings[:] = [1.0, 1.0]  # this time one launch is kept
+    assert [launches() for _ in range(3)] == [1, 1, 1] and not timings
+
+
 @pytest.fixture
 def planned_op(interpreted_direct, monkeypatch):
     """The op's body with the Triton backend and direct launches: ``(impl, inplace_impl, direct)``.

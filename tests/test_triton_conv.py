@@ -304,6 +304,28 @@ def test_tma_kernel_in_place_epilogue():
     assert res.data_ptr() == ptr and rel_err(res.double(), expected.double()) < 2e-3
 
 
+@pytest.mark.interpreter
+def test_wave_split_launches_tune_both_kernels_for_their_exact_m(monkeypatch):
+    # A wave split's launch (part=True) tunes for its exact M, the TMA kernel too: with the bucket, the
+    # first launch at layer4 (8428 rows) would take the whole batch's (12544) tuning, both in 16384.
+    from resnet_fast.kernels import conv as triton_conv
+    from resnet_fast.kernels import conv1x1_tma
+
+    monkeypatch.setattr(triton_conv, "_chosen_configs", {})
+    monkeypatch.setattr(triton_conv, "_tma_forced", {})
+    x, weight, bias, res, conv_args, ref = _case(TMA_SHAPES[0], torch.float16, True, True, n=2, h=7, w=5, seed=59)
+    tuner, buckets = conv1x1_tma._conv1x1_tma_kernel, []
+    run = tuner.run
+    monkeypatch.setattr(tuner, "run", lambda *args, **kwargs: (buckets.append(args[8]), run(*args, **kwargs))[1])
+    for tma in (False, True):
+        y = triton_conv.conv2d_bias_act(x, to_oc_last(weight), bias, res, [1, 1], [0, 0], [1, 1], 1, True, tma=tma,
+                                        part=True)
+        assert rel_err(y, ref) < 2e-3
+    # The tuning keys' M: 2 x 7 x 5 = 70 rows, not their bucket (128).
+    assert buckets == [70] and [key[0] for key in triton_conv._chosen_configs] == [70]
+    assert [key[0] for key in triton_conv._tma_forced] == [70]
+
+
 def test_tma_kernel_takes_only_what_the_copy_engine_can_read():
     from resnet_fast.kernels import conv1x1_tma as T
 
