@@ -182,6 +182,12 @@ def section_convs(device: str, quick: bool) -> None:
         x, w, b, res, ref = _conv_case((2, 128, 9, 7), 72, 3, 1, True, 1, 1, 1, dtype, device, seed=45)
         y = triton_conv.conv2d_bias_act(x, w, b, res, [1, 1], [1, 1], [1, 1], 1, True, split_k=1)
         report(f"conv 3x3 C=128 unsplit {dtype}", y, ref, _bound(dtype))
+        # A wave split (forced): two launches on images [0, 2) and [2, 3), in place, each on views of x,
+        # the residual and y that start inside their allocations.
+        x, w, b, res, ref = _conv_case((3, 64, 9, 7), 96, 3, 1, True, 1, 1, 1, dtype, device, seed=47)
+        into = res.clone()
+        triton_conv.conv2d_bias_act(x, w, b, into, [1, 1], [1, 1], [1, 1], 1, True, out=into, batch_split=2)
+        report(f"conv 3x3 as two launches (2 + 1 images) {dtype} in place", into, ref, _bound(dtype))
         # The TMA kernel for 1x1 convs, tails in M, K and N (zero fill and clipped stores).
         probe = torch.empty(0, device=device)
         if conv1x1_tma.available(probe):
