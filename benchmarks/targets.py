@@ -201,12 +201,32 @@ def markdown(rows) -> str:
     return "\n".join(lines) + "\n"
 
 
+def wave_splits(outdir: str) -> str:
+    """Markdown lines, one per conv shape where the launcher timed one launch against two (kernels/conv.py
+    wave_split): what it timed, the bench medians with and without the split, and each launch's tuning."""
+    kernels = _load(os.path.join(outdir, "kernels-bf16.json"))
+    rows = [r for r in (kernels or {}).get("rows", []) if r.get("wave_split")]
+    lines = []
+    for r in rows:
+        one = _row(kernels["rows"], shape=r["shape"], provider="resnet_fast launcher, one launch forced")
+        one_ms = f"{one['median_ms'] * 1e3:.1f} us" if one and one.get("median_ms") else "-"
+        runs = "; ".join(f"{'launch of ' + str(t['n']) + ' images' if t.get('part') else 'one launch'}: "
+                         f"{t['best']}" + (f" {min(t['config_ms'].values()) * 1e3:.1f} us" if t.get("config_ms") else "")
+                         for t in r.get("tuning_runs") or [])
+        lines.append(f"- {r['shape']}: {r['wave_split']}. Bench median {r['median_ms'] * 1e3:.1f} us "
+                     f"(one launch forced: {one_ms}). Tuned: {runs or '-'}")
+    return ("### Wave splits (one launch or two, timed on the first call)\n\n" + "\n".join(lines) + "\n") if lines else ""
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("outdir")
     p.add_argument("--markdown", default=None)
     args = p.parse_args(argv)
     text = markdown(evaluate(args.outdir))
+    splits = wave_splits(args.outdir)
+    if splits:
+        text += "\n" + splits
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write(text)

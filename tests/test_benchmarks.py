@@ -196,6 +196,26 @@ def test_targets_verdicts(tmp_path):
     assert all(v == "not measured" for _, v in empty.values())
 
 
+def test_targets_report_each_wave_split(tmp_path):
+    targets = _bench_module("targets")
+    shape = "layer4.1.conv2 512->512 k3 s1 7x7 n256"
+    runs = [{"n": 256, "m": 12544, "part": False, "split_k": 1, "best": "128x128x64 w8 s3", "config_ms": {"a": 0.104, "b": 0.111}},
+            {"n": 172, "m": 8428, "part": True, "split_k": 1, "best": "128x256x64 w8 s3", "config_ms": {"a": 0.056}},
+            {"n": 84, "m": 4116, "part": True, "split_k": 1, "best": "128x128x64 w8 s4", "config_ms": None}]
+    kernels = {"rows": [
+        {"kernel": "conv2d_bias_act", "shape": shape, "provider": "resnet_fast fused", "median_ms": 0.0932,
+         "wave_split": "two launches: images [0, 172) + [172, N) 0.093 ms against 0.104 ms for one launch", "tuning_runs": runs},
+        {"kernel": "conv2d_bias_act", "shape": shape, "provider": "resnet_fast launcher, one launch forced", "median_ms": 0.1041},
+        {"kernel": "conv2d_bias_act", "shape": "other", "provider": "resnet_fast fused", "median_ms": 0.05, "wave_split": None}]}
+    (tmp_path / "kernels-bf16.json").write_text(json.dumps(kernels))
+    text = targets.wave_splits(str(tmp_path))
+    (line,) = [ln for ln in text.splitlines() if ln.startswith("- ")]
+    assert line.startswith(f"- {shape}: two launches") and "Bench median 93.2 us (one launch forced: 104.1 us)" in line
+    assert ("one launch: 128x128x64 w8 s3 104.0 us; launch of 172 images: 128x256x64 w8 s3 56.0 us; "
+            "launch of 84 images: 128x128x64 w8 s4") in line
+    assert targets.wave_splits(str(tmp_path / "nothing")) == ""
+
+
 def test_targets_partial_runs_and_crashed_shapes_are_not_passes(tmp_path):
     """A kernels step cut short passes nothing on the shapes it reached; a shape whose fused kernel
     raised (an error row) fails; one wrong tile shows in the element-wise error though not in the norm."""
