@@ -1039,6 +1039,25 @@ def test_every_gpu_tile_config_is_correct(monkeypatch, shape):
         assert rel_err(y, ref) < 1e-5, triton_conv.config_name(config)
 
 
+def test_three_stage_128x64_tile_only_for_narrow_short_k_walks():
+    # 72 KB instead of 96: three CTAs per SM, for layer1's 3x3 (64 -> 64 channels, K = 576) and
+    # nothing wider, shorter, longer or flat-K.
+    from resnet_fast.kernels import conv as K
+
+    def kept(cg, ocg, k, flat_k=False, dtype=torch.bfloat16, gemm_1x1=False):
+        named = {"M_BUCKET": 1 << 20, "OCg": ocg, "Cg": cg, "FLAT_K": flat_k, "x_ptr": torch.empty(0, dtype=dtype)}
+        cfgs = K._prune(K.hopper_configs(), named, KH=k, KW=k, FLAT_K=flat_k, HAS_RESIDUAL=False, GEMM_1X1=gemm_1x1,
+                        EVEN_C=K.even_c(cg, flat_k))
+        return any(K.config_name(c) == "128x64x64 w4 s3" for c in cfgs)
+
+    assert kept(64, 64, 3) and kept(32, 64, 3) and kept(1024, 64, 1, gemm_1x1=True)
+    assert not kept(64, 128, 3)  # wider: the 128x128 and 128x64 s4 tiles cover it
+    assert not kept(256, 64, 1, gemm_1x1=True)  # K of 4 steps: the two-stage configs
+    assert not kept(128, 64, 3)  # K = 1152
+    assert not kept(3, 64, 7, flat_k=True)  # the stem's flat walk
+    assert not kept(64, 64, 3, dtype=torch.float32)  # fp32: a 128-row 4-warp tile with 3 stages spills
+
+
 def test_128_deep_k_steps_only_for_long_k_in_whole_128_channel_blocks():
     import triton
 
