@@ -533,6 +533,20 @@ def test_gpu_tma_kernel_every_resnet50_1x1(dtype):
         assert torch.equal(res, y), (c, oc, hw)  # in place: the same numbers
 
 
+def _graph_replays_right(call_into, res, ref, bound, replays):
+    """``call_into(into)`` (a conv written in place into a copy of the residual) captured in a CUDA
+    graph and replayed, the residual restored before each replay: the result is right every time."""
+    into = res.clone()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        call_into(into)
+    for _ in range(replays):
+        into.copy_(res)
+        graph.replay()
+        torch.cuda.synchronize()
+        assert rel_err(into, ref) <= bound
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("tma_wins", [True, False])
 def test_gpu_tma_auto_choice_gives_the_right_result(monkeypatch, tma_wins):
@@ -564,15 +578,8 @@ def test_gpu_tma_auto_choice_gives_the_right_result(monkeypatch, tma_wins):
             assert rel_err(into, ref) <= 2 * torch_err + 1e-6
     assert triton_conv._tma_auto and len(triton_conv._tma_choice) == 1
     assert bool(next(iter(triton_conv._tma_choice.values()))) == tma_wins
-    into = res.clone()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        triton_conv.conv2d_bias_act(x, w, bias, into, [1, 1], [0, 0], [1, 1], 1, True, out=into)
-    for _ in range(3):
-        into.copy_(res)
-        graph.replay()
-        torch.cuda.synchronize()
-        assert rel_err(into, ref) <= 2 * torch_err + 1e-6
+    _graph_replays_right(lambda into: triton_conv.conv2d_bias_act(x, w, bias, into, [1, 1], [0, 0], [1, 1], 1, True,
+                                                                  out=into), res, ref, 2 * torch_err + 1e-6, 3)
 
 
 @pytest.mark.gpu
@@ -604,15 +611,8 @@ def test_gpu_wave_split_at_layer4_batch_256(monkeypatch, won):
         triton_conv.conv2d_bias_act(x, w, bias, into, [1, 1], [1, 1], [1, 1], 1, True, out=into)
         assert rel_err(into, ref) <= 2 * torch_err + 1e-6
     assert list(triton_conv._split_choice.values()) == [172 if won else 0]
-    into = res.clone()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        triton_conv.conv2d_bias_act(x, w, bias, into, [1, 1], [1, 1], [1, 1], 1, True, out=into)
-    for _ in range(2):
-        into.copy_(res)
-        graph.replay()
-        torch.cuda.synchronize()
-        assert rel_err(into, ref) <= 2 * torch_err + 1e-6
+    _graph_replays_right(lambda into: triton_conv.conv2d_bias_act(x, w, bias, into, [1, 1], [1, 1], [1, 1], 1, True,
+                                                                  out=into), res, ref, 2 * torch_err + 1e-6, 2)
 
 
 @pytest.mark.gpu
