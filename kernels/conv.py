@@ -773,6 +773,7 @@ def conv2d_bias_act(
         weight = to_oc_last(weight)
     if bias.stride(0) != 1:
         bias = bias.contiguous()  # the kernels index bias by output channel
+    conv = (stride, padding, dilation, groups, relu)
     if (batch_split is None and not part and _split_auto and not flat_k
             and index_64 is None and split_k is None and serial_split is None and tma is None):
         # (Before x is padded or made dense: each launch does that for its own images.)
@@ -788,9 +789,8 @@ def conv2d_bias_act(
                 if _capturing(x):
                     raise _not_tuned(x, weight)
                 r = residual
-                if r is not None and r.untyped_storage().data_ptr() == y.untyped_storage().data_ptr():
+                if r is not None and _same_storage(r, y):
                     r = r.clone()  # in place: the timing runs would add the residual again and again
-                conv = (stride, padding, dilation, groups, relu)
                 counted = launch_count
                 won = _split_choice[split_key] = _decide_wave_split(
                     lambda: conv2d_bias_act(x, weight, bias, r, *conv, out=y, batch_split=0),
@@ -798,9 +798,9 @@ def conv2d_bias_act(
                 launch_count = counted + (2 if won else 1)  # as a later call counts (not the timing runs)
                 return y  # (the decision's last run, the split one, wrote y)
     if batch_split:
-        _split_launch(batch_split, x, weight, bias, residual, y, (stride, padding, dilation, groups, relu))
+        _split_launch(batch_split, x, weight, bias, residual, y, conv)
         if plan_key is not None and inputs_kept():
-            _remember_split(plan_key, batch_split, y, (stride, padding, dilation, groups, relu))
+            _keep_plan(plan_key, _SplitPlan(batch_split, y, conv))
         return y  # (each launch counted itself)
     pad_c = flat_k and pads_channels(cg, groups, kw, dilation[1])
     if pad_c:
@@ -877,8 +877,7 @@ def conv2d_bias_act(
     if tuning or decide_tma:
         if _capturing(x):
             raise _not_tuned(x, weight)
-        if ((workspace is None or serial) and residual is not None
-                and residual.untyped_storage().data_ptr() == y.untyped_storage().data_ptr()):
+        if (workspace is None or serial) and residual is not None and _same_storage(residual, y):
             # In place (out is the residual): tuning runs every candidate many times on these
             # arguments, and each run would add the residual again. Tune (and let the tuner's final
             # run write y) against a copy of it: one copy, on the first call of a layer shape only.
@@ -1075,15 +1074,13 @@ def _remember(key, kernel, grid, y, relu, tail, tma_config=None, pad_c=False, wo
     launch = direct.Direct.of(kernel, grid) if direct.ENABLED else None
     if launch is None:
         return
-    if len(_plans) >= _MAX_PLANS:
-        _plans.clear()
-    _plans[key] = _Plan(launch, tail, y, pad_c, workspace, counters, reduce, tma_config, relu)
+    _keep_plan(key, _Plan(launch, tail, y, pad_c, workspace, counters, reduce, tma_config, relu))
 
 
-def _remember_split(key, n1, y, conv):
+def _keep_plan(key, plan) -> None:
     if len(_plans) >= _MAX_PLANS:
         _plans.clear()
-    _plans[key] = _SplitPlan(n1, y, conv)
+    _plans[key] = plan
 
 
 def _splitk_reduce(workspace, bias, residual, y, relu):
@@ -1206,6 +1203,11 @@ def _not_tuned(x, weight) -> RuntimeError:
         f"{kh}x{kw} kernel, {x.dtype}) is not tuned yet, and it cannot be tuned during CUDA graph "
         "capture: run the model once on inputs of this shape before capturing (a warm-up "
         "iteration, as torch.cuda.graph's documentation asks), or use resnet_fast.cuda_graph")
+
+
+def _same_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether a and b view one storage (the in-place block epilogue: out is the residual)."""
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
 
 def _capturing(x: torch.Tensor) -> bool:
