@@ -211,6 +211,7 @@ def bench_conv(args, rows, header, prog):
             try:
                 if provider == "resnet_fast fused" and cuda:
                     triton_conv._conv2d_bias_act_kernel.configs_timings = None
+                    conv1x1_tma._conv1x1_tma_kernel.configs_timings = None
                     tma_before = dict(triton_conv._tma_choice)
                     logged, splits_before = len(triton_conv.tuning_log), dict(triton_conv._split_report)
                     out0 = fn(0).float()  # the first call tunes (or reads the disk cache)
@@ -225,6 +226,10 @@ def bench_conv(args, rows, header, prog):
                     tma_new = [v for k, v in triton_conv._tma_choice.items() if k not in tma_before]
                     tuning["tma_kernel"] = (("won" if any(tma_new) else "failed" if triton_conv._tma_failure else "not clearly faster")
                                             if tma_new else None)
+                    if tma_new:  # its own configs as its tuner timed them ("p1", "p2": persistent)
+                        tuning["tma_config_ms"] = triton_conv._first_timings(
+                            getattr(conv1x1_tma._conv1x1_tma_kernel, "configs_timings", None))
+                        tuning["tma_best"] = triton_conv.config_name(tma_new[0]) if tma_new[0] else None
                     # Where the launcher timed one launch against two (wave_split): what it found, and
                     # each launch's tuning (batch, M, config chosen, every config's time).
                     split = [v for key, v in triton_conv._split_report.items() if key not in splits_before]

@@ -198,10 +198,14 @@ def section_convs(device: str, quick: bool) -> None:
             triton_conv.conv2d_bias_act(x, w, b, into, [1, 1], [0, 0], [1, 1], 1, True, out=into, tma=True)
             report(f"conv 1x1 TMA kernel {dtype} in place", into, ref, _bound(dtype))
             if device == "cuda" and not quick:
+                # 412 row tiles of 128 for the persistent configs: more tiles than programs.
+                small = (x, w, b, res, ref)
+                big = _conv_case((3, 72, 150, 117), 40, 1, 1, True, 1, 0, 1, dtype, device, seed=51)
                 for config in conv1x1_tma.hopper_tma_configs():
-                    y = torch.full_like(res, float("nan"))
-                    conv1x1_tma.launch(x, w, b, res, y, True, config.all_kwargs())
-                    report(f"conv 1x1 TMA {triton_conv.config_name(config)} {dtype}", y, ref, _bound(dtype))
+                    cx, cw, cb, cres, cref = big if config.kwargs["PER_SM"] else small
+                    y = torch.full_like(cres, float("nan"))
+                    conv1x1_tma.launch(cx, cw, cb, cres, y, True, config.all_kwargs())
+                    report(f"conv 1x1 TMA {triton_conv.config_name(config)} {dtype}", y, cref, _bound(dtype))
         else:
             print("skip TMA kernel: not available here")
     _sync(device)

@@ -616,9 +616,11 @@ _tuning_lock = threading.Lock()
 
 
 def config_name(config) -> str:
-    """"128x64x64 w4 s3" for a triton.Config or its ``all_kwargs()`` dict."""
+    """"128x64x64 w4 s3" for a triton.Config or its ``all_kwargs()`` dict ("... p2" for the TMA kernel's
+    persistent configs: two programs per SM)."""
     k = config.all_kwargs() if isinstance(config, triton.Config) else config
-    return f"{k['BLOCK_M']}x{k['BLOCK_N']}x{k['BLOCK_K']} w{k['num_warps']} s{k['num_stages']}"
+    persistent = f" p{k['PER_SM']}" if k.get("PER_SM") else ""
+    return f"{k['BLOCK_M']}x{k['BLOCK_N']}x{k['BLOCK_K']} w{k['num_warps']} s{k['num_stages']}{persistent}"
 
 
 # One entry per tuning run of the general kernel (benchmark reports): the batch, M, whether it was a

@@ -45,18 +45,24 @@ def _set_block_shapes(nargs) -> None:
     nargs["y_desc"].block_shape = [bm, bn]
 
 
-def _config(bm, bn, bk, warps, stages) -> triton.Config:
-    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=warps,
+def _config(bm, bn, bk, warps, stages, per_sm=0) -> triton.Config:
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "PER_SM": per_sm}, num_warps=warps,
                          num_stages=stages, pre_hook=_set_block_shapes)
 
 
 def hopper_tma_configs() -> List[triton.Config]:
     """What the autotuner chooses from on a GPU. Checked with aot_compile (sm_90, Triton 3.6 and
-    3.8): UTMALDG + HGMMA, no spills, 90-176 registers. Two stages for short K (1-4 steps: more CTAs
-    per SM instead of a deep pipeline)."""
+    3.8): UTMALDG + HGMMA, no spills, 90-254 registers. Two stages for short K (1-4 steps: more CTAs
+    per SM instead of a deep pipeline). The last four are persistent (``PER_SM`` programs per SM, each
+    walking tiles): the next tile's loads overlap this tile's epilogue (residual read, TMA store),
+    which is a large share of a tile's time where K is 1-4 steps. Their shared memory (the pipeline
+    plus the residual and output buffers, which the flattened loop keeps apart) sets PER_SM: 128x128
+    takes 96-160 KB (one per SM), 128x64 64-104 KB (two)."""
     return [_config(*shape) for shape in [(128, 128, 64, 8, 3), (128, 128, 64, 8, 4), (128, 64, 64, 4, 4),
                                           (64, 128, 64, 4, 4), (128, 256, 64, 8, 3), (128, 128, 64, 8, 2),
-                                          (128, 64, 64, 4, 2)]]
+                                          (128, 64, 64, 4, 2),
+                                          (128, 128, 64, 8, 2, 1), (128, 64, 64, 4, 2, 2),
+                                          (128, 128, 64, 8, 3, 1), (128, 64, 64, 4, 3, 2)]]
 
 
 def untuned_tma_config() -> triton.Config:
@@ -66,7 +72,9 @@ def untuned_tma_config() -> triton.Config:
 
 def tma_configs() -> List[triton.Config]:
     if INTERPRET:
-        return [_config(32, 32, 32, 4, 1)]
+        # Persistent, so the interpreter runs the tile walk (a few programs: see ``programs``); tests
+        # launch the one-tile-per-program form with an explicit config.
+        return [_config(32, 32, 32, 4, 1, per_sm=1)]
     if os.environ.get("RESNET_FAST_AUTOTUNE", "1") == "0":
         return [untuned_tma_config()]
     return hopper_tma_configs()
@@ -92,6 +100,19 @@ def _quick_bench(fn, quantiles=None):
     return triton.testing.do_bench(fn, warmup=5, rep=20, quantiles=quantiles)
 
 
+@triton.jit
+def _epilogue(acc, off_m, off_n, b_ptr, r_desc, y_desc, N, HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr,
+              BLOCK_N: tl.constexpr):
+    offs_n = off_n + tl.arange(0, BLOCK_N)
+    acc += tl.load(b_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
+    if HAS_RESIDUAL:
+        # In place (y is the residual) is safe: each tile's residual is read before that tile is stored.
+        acc += r_desc.load([off_m, off_n]).to(tl.float32)
+    if RELU:
+        acc = relu_keep_nan(acc)
+    y_desc.store([off_m, off_n], acc.to(y_desc.dtype))  # the store clips rows and columns past the edge
+
+
 # Short timing runs, as the general kernel's. (No disk cache: Triton skips it for configs with a
 # pre-hook, so each process tunes this kernel again, ~10 ms per config and layer shape.) IS_BF16 is in
 # the key only: the descriptors' dtype is not a key the autotuner sees.
@@ -100,22 +121,30 @@ def _quick_bench(fn, quantiles=None):
 @triton.jit(do_not_specialize=["M", "M_BUCKET"])
 def _conv1x1_tma_kernel(a_desc, b_desc, r_desc, y_desc, b_ptr, M, N, K, M_BUCKET,
                         HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr, IS_BF16: tl.constexpr,
-                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
-    pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    off_m = pid_m * BLOCK_M
-    off_n = pid_n * BLOCK_N
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+                        PER_SM: tl.constexpr):
     # Rows past M and channels past K or N are zero-filled by the copy engine: no masks.
-    for k in range(0, K, BLOCK_K):
-        acc = tl.dot(a_desc.load([off_m, k]), b_desc.load([k, off_n]), acc)
-    offs_n = off_n + tl.arange(0, BLOCK_N)
-    acc += tl.load(b_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
-    if HAS_RESIDUAL:
-        # In place (y is the residual) is safe: each program reads its own tile before storing it.
-        acc += r_desc.load([off_m, off_n]).to(tl.float32)
-    if RELU:
-        acc = relu_keep_nan(acc)
-    y_desc.store([off_m, off_n], acc.to(y_desc.dtype))  # the store clips rows and columns past the edge
+    if PER_SM == 0:  # one program per output tile
+        pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k in range(0, K, BLOCK_K):
+            acc = tl.dot(a_desc.load([pid_m * BLOCK_M, k]), b_desc.load([k, pid_n * BLOCK_N]), acc)
+        _epilogue(acc, pid_m * BLOCK_M, pid_n * BLOCK_N, b_ptr, r_desc, y_desc, N, HAS_RESIDUAL, RELU, BLOCK_N)
+    else:
+        # Persistent: PER_SM programs per SM walk the tiles with a stride of the grid. The tile loop
+        # and the K loop are flattened into one software pipeline, so the next tile's first A and B
+        # copies are in flight while this tile's epilogue runs (short K: 1-4 steps a tile).
+        programs = tl.num_programs(0)
+        tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
+        done = tl.program_id(0) - programs  # the epilogue's own tile counter (kept apart from the loads')
+        for tile in tl.range(tl.program_id(0), tiles, programs, flatten=True):
+            pid_m, pid_n = grouped_tile(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
+            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            for k in range(0, K, BLOCK_K):
+                acc = tl.dot(a_desc.load([pid_m * BLOCK_M, k]), b_desc.load([k, pid_n * BLOCK_N]), acc)
+            done += programs
+            out_m, out_n = grouped_tile(done, M, N, BLOCK_M, BLOCK_N, GROUP_M)
+            _epilogue(acc, out_m * BLOCK_M, out_n * BLOCK_N, b_ptr, r_desc, y_desc, N, HAS_RESIDUAL, RELU, BLOCK_N)
 
 
 _HOPPER_OR_LATER = {}
@@ -166,9 +195,31 @@ def descriptors(x, weight, y, residual, block_m: int = 16, block_n: int = 16, bl
     return a, b, r, out
 
 
+_SMS = {}
+# Under the interpreter (or on a CPU tensor) a persistent launch runs this many programs per PER_SM,
+# so that each walks several tiles even on the tests' small shapes.
+INTERPRETER_SMS = 2
+
+
+def programs(x: torch.Tensor, tiles: int, per_sm: int) -> int:
+    """How many programs a launch of ``tiles`` output tiles runs: one per tile, or for a persistent
+    config (``per_sm`` > 0) per_sm per SM of x's device, never more than there are tiles."""
+    if not per_sm:
+        return tiles
+    if INTERPRET or not x.is_cuda:
+        sms = INTERPRETER_SMS
+    else:
+        index = x.device.index if x.device.index is not None else torch.cuda.current_device()
+        if index not in _SMS:
+            _SMS[index] = torch.cuda.get_device_properties(index).multi_processor_count
+        sms = _SMS[index]
+    return max(1, min(tiles, per_sm * sms))
+
+
 def launch_grid(x, y, config_kwargs: dict) -> tuple:
     m = x.shape[0] * x.shape[2] * x.shape[3]
-    return (triton.cdiv(m, config_kwargs["BLOCK_M"]) * triton.cdiv(y.shape[1], config_kwargs["BLOCK_N"]), 1, 1)
+    tiles = triton.cdiv(m, config_kwargs["BLOCK_M"]) * triton.cdiv(y.shape[1], config_kwargs["BLOCK_N"])
+    return (programs(x, tiles, config_kwargs.get("PER_SM", 0)), 1, 1)
 
 
 def launch_values(x, weight, bias, residual, y, relu: bool, config_kwargs: dict) -> tuple:
@@ -193,7 +244,7 @@ def launch(x, weight, bias, residual, y, relu: bool, config_kwargs: Optional[dic
         c, oc = x.shape[1], y.shape[1]
 
         def grid(meta):
-            return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(oc, meta["BLOCK_N"]),)
+            return (programs(x, triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(oc, meta["BLOCK_N"]), meta["PER_SM"]),)
 
         a, b, r, out = descriptors(x, weight, y, residual)
         bucket = triton.next_power_of_2(m) if m_bucket is None else m_bucket

@@ -173,11 +173,44 @@ def test_tma_kernel_compiles_for_sm90_every_config():
     # The 1x1 TMA kernel: tiles come in through the copy engine (UTMALDG, not cp.async), leave by a
     # TMA store, feed warpgroup MMAs, and no config spills.
     rows = _script_rows(TMA, 600)
-    assert len(rows) == 32
+    assert len(rows) == 48
     for row in rows:
         assert row["UTMALDG"] > 0 and row["UTMASTG"] > 0 and row["HGMMA"] > 0 and row["LDGSTS"] == 0, row
         assert row["LDL"] == 0 and row["STL"] == 0, row
         assert row["FMNMX"] == 0 and row["relu_ops"] > 0, row  # the ReLU keeps NaN
+
+
+PERSISTENT = r"""
+import json
+from resnet_fast.kernels import conv1x1_tma as T
+rows = []
+for config in T.hopper_tma_configs():
+    if not config.kwargs["PER_SM"]:
+        continue
+    for residual in (True, False):
+        ir = T.aot_compile("bf16", config, residual).asm["ttgir"].splitlines()
+        # The last loop is the pipelined one (the first serves K == 0, where nothing is pipelined).
+        start = max(i for i, line in enumerate(ir) if "scf.for" in line)
+        indent = len(ir[start]) - len(ir[start].lstrip())
+        end = next(i for i in range(start + 1, len(ir)) if ir[i].startswith(" " * indent + "}"))
+        body = ir[start + 1:end]
+        a_copy = [i for i, line in enumerate(body) if "async_tma_copy_global_to_local %a_desc" in line]
+        store = [i for i, line in enumerate(body) if "async_tma_copy_local_to_global %y_desc" in line]
+        rows.append({"config": str(config), "residual": residual, "nested_for": any("scf.for" in l for l in body),
+                     "a_copy_before_store": bool(a_copy and store and a_copy[0] < store[0])})
+print("ROWS" + json.dumps(rows))
+"""
+
+
+def test_persistent_tma_configs_overlap_the_next_tile_with_the_epilogue():
+    # The persistent configs' reason to exist: Triton flattens the tile loop and the K loop into one
+    # software pipeline (tl.range(..., flatten=True)), so the copies of the next step (across a tile
+    # boundary too) are issued before this tile's epilogue (bias, residual, TMA store) runs. Without
+    # the flattening, the loop would hold a nested K loop and the epilogue would wait for nothing new.
+    rows = _script_rows(PERSISTENT, 600)
+    assert len(rows) == 8
+    for row in rows:
+        assert not row["nested_for"] and row["a_copy_before_store"], row
 
 
 UNTUNED = r"""

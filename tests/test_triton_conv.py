@@ -305,6 +305,38 @@ def test_tma_kernel_in_place_epilogue():
 
 
 @pytest.mark.interpreter
+@pytest.mark.parametrize("per_sm", [0, 1, 3])
+@pytest.mark.parametrize("in_place", [False, True])
+def test_tma_kernel_one_tile_per_program_and_persistent(per_sm, in_place):
+    """Both forms of the TMA kernel with an explicit config: one program per tile (PER_SM 0), and
+    persistent programs that each walk several tiles, the flattened loop's epilogue on its own tile
+    counter (here INTERPRETER_SMS x PER_SM programs for 2 x 13 x 11 = 286 rows and 48 channels,
+    i.e. 18 x 3 tiles of 16 x 16). Tails in M, K and N; in place too (y is the residual)."""
+    from resnet_fast.kernels import conv1x1_tma as T
+
+    x, weight, bias, res, conv_args, ref = _case(TMA_SHAPES[0], torch.float16, True, True, seed=61)
+    config = T._config(16, 16, 16, 4, 1, per_sm).all_kwargs()
+    tiles = 18 * 3
+    programs = T.launch_grid(x, res, config)[0]
+    assert programs == (tiles if per_sm == 0 else T.INTERPRETER_SMS * per_sm)
+    y = res.clone() if in_place else torch.full_like(res, float("nan"))
+    T.launch(x, to_oc_last(weight), bias, y if in_place else res, y, True, config)
+    torch_err = rel_err(_torch_same_dtype(x, weight, bias, res, conv_args, True), ref)
+    assert rel_err(y, ref) <= 2 * torch_err + 1e-6
+
+
+def test_tma_programs_per_launch():
+    # One program per tile, or PER_SM per SM and never more than the tiles (CPU tensors count as
+    # INTERPRETER_SMS SMs).
+    from resnet_fast.kernels import conv1x1_tma as T
+
+    x = torch.empty(1)
+    assert T.programs(x, 500, 0) == 500
+    assert T.programs(x, 500, 2) == 2 * T.INTERPRETER_SMS
+    assert T.programs(x, 3, 2) == 3 and T.programs(x, 1, 3) == 1
+
+
+@pytest.mark.interpreter
 def test_wave_split_launches_tune_both_kernels_for_their_exact_m(monkeypatch):
     # A wave split's launch (part=True) tunes for its exact M, the TMA kernel too: with the bucket, the
     # first launch at layer4 (8428 rows) would take the whole batch's (12544) tuning, both in 16384.
@@ -619,16 +651,22 @@ def test_gpu_wave_split_at_layer4_batch_256(monkeypatch, won):
 @pytest.mark.parametrize("in_place", [False, True])
 def test_gpu_tma_kernel_every_tuned_config_with_tails(in_place):
     """Each config the autotuner may pick, on a shape with tails in M, K and N (ResNet-50's channel
-    counts have none), so the copy engine's zero fill and store clipping run on the hardware."""
+    counts have none), so the copy engine's zero fill and store clipping run on the hardware. 52650
+    rows: 412 row tiles of 128, more than the persistent configs' programs, so each of those walks
+    several tiles."""
     from resnet_fast.kernels import conv1x1_tma
 
     if not conv1x1_tma.available(torch.empty(0, device="cuda")):
         pytest.skip("no TMA on this GPU / Triton")
     shape = ("tails", 72, 40, 1, 1, 0, 1, 1)
-    x, weight, bias, res, conv_args, ref = _case(shape, torch.bfloat16, True, True, device="cuda", n=3, h=29, w=31, seed=71)
+    x, weight, bias, res, conv_args, ref = _case(shape, torch.bfloat16, True, True, device="cuda", n=3, h=150, w=117,
+                                                 seed=71)
     torch_err = rel_err(_torch_same_dtype(x, weight, bias, res, conv_args, True), ref)
     w = to_oc_last(weight)
     for config in conv1x1_tma.hopper_tma_configs() + [conv1x1_tma.untuned_tma_config()]:
+        kw = config.all_kwargs()
+        if kw["PER_SM"]:
+            assert conv1x1_tma.launch_grid(x, res, kw)[0] < 412, str(config)
         y = res.clone() if in_place else torch.full_like(res, float("nan"))
         conv1x1_tma.launch(x, w, bias, y if in_place else res, y, True, config.all_kwargs())
         assert rel_err(y, ref) <= 2 * torch_err + 1e-6, str(config)
