@@ -229,7 +229,8 @@ def bench_conv(args, rows, header, prog):
                     if tma_new:  # its own configs as its tuner timed them ("p1", "p2": persistent)
                         tuning["tma_config_ms"] = triton_conv._first_timings(
                             getattr(conv1x1_tma._conv1x1_tma_kernel, "configs_timings", None))
-                        tuning["tma_best"] = triton_conv.config_name(tma_new[0]) if tma_new[0] else None
+                        best = conv1x1_tma.best_config()  # its tuner's pick, kept or not
+                        tuning["tma_best"] = triton_conv.config_name(best) if best else None
                     # Where the launcher timed one launch against two (wave_split): what it found, and
                     # each launch's tuning (batch, M, config chosen, every config's time).
                     split = [v for key, v in triton_conv._split_report.items() if key not in splits_before]
