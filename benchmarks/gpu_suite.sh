@@ -7,7 +7,7 @@
 #   bash benchmarks/gpu_suite.sh OUTDIR            # run
 #   bash benchmarks/gpu_suite.sh OUTDIR --dry-run  # list the steps (works on a CPU machine)
 #
-# Step budgets (seconds) can be changed with T_INSTALL, T_HOST, T_TESTS, T_MODEL_BF16, T_KERNELS, T_PROFILE, T_MODEL_FP16;
+# Step budgets (seconds) can be changed with T_INSTALL, T_TMA_CANARY, T_HOST, T_TESTS, T_MODEL_BF16, T_KERNELS, T_PROFILE, T_MODEL_FP16;
 # SUITE_BUDGET (default 400) caps the whole run: with the machine's start-up it leaves a lent
 # session's 15 minutes room for a shorter second run.
 set -u
@@ -33,6 +33,11 @@ if [ "$DRY" = 0 ] && ! ls "$ROOT"/resnet_fast/_C*.so > /dev/null 2>&1; then
 fi
 step extension    20                    $PY -c "import resnet_fast, torch; from resnet_fast import _extension; print('extension:', _extension.status()); print('cuda add_relu kernel:', _extension.has_cuda_kernels())"
 step device       10                    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,power.limit --format=csv,noheader
+# Every config of the 1x1 TMA kernel once, checked, before the model step tunes them all: a config
+# that is wrong, faults or hangs on the hardware turns off what failed for the later steps (the
+# persistent configs, or the TMA kernel), instead of costing the headline numbers.
+step tma_canary   "${T_TMA_CANARY:-60}"  $PY benchmarks/tma_canary.py --device cuda
+[ "$DRY" = 0 ] && tma_canary_gate
 # The headline first: the whole model, every provider, torch.compile included (default mode:
 # max-autotune compiles for minutes per batch size; COMPILE_MODE=max-autotune where time allows).
 # Batch 256 first, torch.compile last within each batch size, rows saved one by one: the headline
@@ -74,6 +79,7 @@ step model_fp16   "${T_MODEL_FP16:-150}" $PY benchmarks/bench_model.py --device 
     echo
     grep -h "^extension:\|^cuda add_relu" "$OUT/extension.log" 2>/dev/null
     cat "$OUT/no-extension.log" 2>/dev/null
+    cat "$OUT/no-tma.log" 2>/dev/null
     echo
     echo "Tests: $(grep -E '(passed|failed|error)' "$OUT/tests.log" 2>/dev/null | tail -n 1)"
     echo

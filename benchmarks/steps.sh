@@ -47,3 +47,22 @@ step() {  # step NAME TIMEOUT_S COMMAND...   (the limit is also capped by what i
   printf '%s\t%s\t%s\t%s\n' "$name" "$rc" "$dt" "$*" >> "$STATUS"
   return 0
 }
+
+# tma_canary_gate (after the tma_canary step; needs OUT and STATUS): where the canary failed, export
+# what turns the failed kind of TMA config off for every later step, and say so in no-tma.log (the
+# summary prints it). Its log tells the kinds apart: "one-tile configs: ok" comes before the
+# persistent configs run, so a persistent config that hung or faulted leaves that line behind.
+tma_canary_gate() {
+  local rc
+  rc=$(awk -F'\t' '$1 == "tma_canary" {print $2}' "$STATUS")
+  case "$rc" in
+    0|skipped*|"") return 0 ;;
+  esac
+  if grep -q "^one-tile configs: ok" "$OUT/tma_canary.log" 2>/dev/null; then
+    export RESNET_FAST_TMA_PERSISTENT=0
+    echo "tma_canary exit $rc: a persistent TMA config failed; later steps run with RESNET_FAST_TMA_PERSISTENT=0" | tee "$OUT/no-tma.log"
+  else
+    export RESNET_FAST_TMA=0
+    echo "tma_canary exit $rc: a one-tile TMA config failed; later steps run with RESNET_FAST_TMA=0" | tee "$OUT/no-tma.log"
+  fi
+}

@@ -77,6 +77,8 @@ def tma_configs() -> List[triton.Config]:
         return [_config(32, 32, 32, 4, 1, per_sm=1)]
     if os.environ.get("RESNET_FAST_AUTOTUNE", "1") == "0":
         return [untuned_tma_config()]
+    if os.environ.get("RESNET_FAST_TMA_PERSISTENT", "1") == "0":  # (read at import)
+        return [c for c in hopper_tma_configs() if not c.kwargs["PER_SM"]]
     return hopper_tma_configs()
 
 

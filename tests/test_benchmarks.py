@@ -25,6 +25,37 @@ def test_gpu_suite_dry_run(tmp_path):
         assert "--batch-sizes 256,1,16" in line and "--compile" in line, line
 
 
+@pytest.mark.parametrize("rc,log,expect", [
+    ("0", "every config: ok", ""),
+    ("skipped (budget spent)", "", ""),
+    ("3", "ok   a\none-tile configs: ok\nFAIL b p1", "RESNET_FAST_TMA_PERSISTENT=0"),
+    ("124", "ok   a\none-tile configs: ok\nok   b p1", "RESNET_FAST_TMA_PERSISTENT=0"),  # hung in a persistent one
+    ("1", "FAIL a", "RESNET_FAST_TMA=0"),
+    ("139", "", "RESNET_FAST_TMA=0"),  # crashed before any line
+])
+def test_tma_canary_gate_turns_off_what_failed(tmp_path, rc, log, expect):
+    (tmp_path / "steps.tsv").write_text(f"device\t0\t0\tnvidia-smi\ntma_canary\t{rc}\t12\tpython canary\n")
+    (tmp_path / "tma_canary.log").write_text(log + "\n")
+    script = (f". {os.path.join(ROOT, 'benchmarks', 'steps.sh')}; OUT={tmp_path}; STATUS={tmp_path}/steps.tsv; "
+              "unset RESNET_FAST_TMA RESNET_FAST_TMA_PERSISTENT; tma_canary_gate > /dev/null; "
+              'echo "TMA=${RESNET_FAST_TMA-} PERSISTENT=${RESNET_FAST_TMA_PERSISTENT-}"')
+    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True).stdout.strip()
+    want = {"": "TMA= PERSISTENT=", "RESNET_FAST_TMA=0": "TMA=0 PERSISTENT=",
+            "RESNET_FAST_TMA_PERSISTENT=0": "TMA= PERSISTENT=0"}[expect]
+    assert out == want
+    assert (tmp_path / "no-tma.log").exists() == bool(expect)
+
+
+def test_tma_canary_in_the_interpreter():
+    # Both kinds of config (one tile per program, persistent) on a small case; the marker line between.
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "tma_canary.py"), "--device", "cpu"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert lines.index("one-tile configs: ok") == 2 and len([l for l in lines if l.startswith("ok  ")]) == 6
+    assert lines[-1] == "every config: ok"
+
+
 def test_bench_model_smoke(tmp_path):
     out = tmp_path / "m.json"
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_model.py"), "--device", "cpu",
