@@ -38,7 +38,7 @@ import triton.language as tl
 from resnet_fast.fused import to_oc_last
 from resnet_fast.kernels import conv1x1_tma
 from resnet_fast.kernels import launch as direct
-from resnet_fast.kernels.tiles import grouped_tile, relu_keep_nan
+from resnet_fast.kernels.tiles import grouped_tile, relu_keep_nan, sm_count
 from resnet_fast.ops import nhwc_strides
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -1185,11 +1185,23 @@ def _decide_wave_split(whole, split, n1, key, bench=None) -> int:
     """Run both ways once (each tunes on its first call), time them, return n1 if the two launches are
     clearly faster (``SPLIT_MARGIN``), else 0. The split runs last, so y holds its result (both are
     complete and right)."""
+    global _split_auto
     bench = bench or _quick_bench
     whole()
-    split()
-    t_whole = bench(whole)
-    t_split = bench(split)
+    try:
+        split()
+        t_whole = bench(whole)
+        t_split = bench(split)
+    except Exception as e:  # noqa: BLE001 - an optimisation only: one launch serves every conv
+        # (A Python-side failure of the two launches or of the timing; a device fault cannot be caught.)
+        _split_auto = False
+        import warnings
+
+        warnings.warn(f"resnet_fast: a wave split's two launches failed ({type(e).__name__}: {e}); every conv runs "
+                      "as one launch from now on")
+        _split_report[key] = f"one launch: the two launches failed ({type(e).__name__}: {e})"[:300]
+        whole()  # y as one launch writes it
+        return 0
     won = t_split < SPLIT_MARGIN * t_whole
     _split_report[key] = (f"{'two launches' if won else 'one launch'}: images [0, {n1}) + [{n1}, N) "
                           f"{t_split:.4g} ms against {t_whole:.4g} ms for one launch")
@@ -1231,16 +1243,8 @@ def cudnn_conv_allows_tf32() -> bool:
     return conv_level == "tf32"
 
 
-_SM_COUNTS = {}
-
-
 def _sm_count(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 0  # no split on the CPU (the interpreter): tests force it
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    if index not in _SM_COUNTS:
-        _SM_COUNTS[index] = torch.cuda.get_device_properties(index).multi_processor_count
-    return _SM_COUNTS[index]
+    return sm_count(device)  # 0 on the CPU (the interpreter): no split there, tests force it
 
 
 def needs_index_64(x: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, split_k: int) -> bool:

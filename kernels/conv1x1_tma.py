@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from resnet_fast.kernels.tiles import grouped_tile, relu_keep_nan
+from resnet_fast.kernels.tiles import grouped_tile, relu_keep_nan, sm_count
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -197,7 +197,6 @@ def descriptors(x, weight, y, residual, block_m: int = 16, block_n: int = 16, bl
     return a, b, r, out
 
 
-_SMS = {}
 # Under the interpreter (or on a CPU tensor) a persistent launch runs this many programs per PER_SM,
 # so that each walks several tiles even on the tests' small shapes.
 INTERPRETER_SMS = 2
@@ -208,13 +207,7 @@ def programs(x: torch.Tensor, tiles: int, per_sm: int) -> int:
     config (``per_sm`` > 0) per_sm per SM of x's device, never more than there are tiles."""
     if not per_sm:
         return tiles
-    if INTERPRET or not x.is_cuda:
-        sms = INTERPRETER_SMS
-    else:
-        index = x.device.index if x.device.index is not None else torch.cuda.current_device()
-        if index not in _SMS:
-            _SMS[index] = torch.cuda.get_device_properties(index).multi_processor_count
-        sms = _SMS[index]
+    sms = INTERPRETER_SMS if INTERPRET or not x.is_cuda else sm_count(x.device)
     return max(1, min(tiles, per_sm * sms))
 
 

@@ -1,6 +1,19 @@
 """Tile scheduling and the ReLU shared by the conv kernels."""
+import torch
 import triton
 import triton.language as tl
+
+_SM_COUNTS = {}
+
+
+def sm_count(device: torch.device) -> int:
+    """The number of SMs of a CUDA device (cached), 0 for any other device."""
+    if device.type != "cuda":
+        return 0
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _SM_COUNTS:
+        _SM_COUNTS[index] = torch.cuda.get_device_properties(index).multi_processor_count
+    return _SM_COUNTS[index]
 
 
 @triton.jit

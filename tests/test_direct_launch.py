@@ -353,6 +353,31 @@ def test_wave_split_decided_by_timing_then_launched_directly(interpreted_direct,
 
 
 @pytest.mark.interpreter
+def test_a_wave_split_that_fails_falls_back_to_one_launch(interpreted_direct, monkeypatch):
+    """Two launches are an optimisation: if they raise while being decided, the call still returns
+    one launch's (right) result, in place too, with one warning, and no conv splits again."""
+    triton_conv, direct = interpreted_direct
+    c, oc, k, s, p, n, h, w = 40, 24, 3, 1, 1, 3, 7, 5
+    monkeypatch.setattr(triton_conv, "_split_auto", True)
+    monkeypatch.setattr(triton_conv, "wave_split", lambda n, pixels, ocg, k, groups, sms: 2)
+    launch = triton_conv._split_launch
+
+    def broken(n1, x, weight, bias, residual, y, conv):
+        launch(n1, x, weight, bias, residual, y, conv)
+        y.fill_(float("nan"))  # as if a launch had written garbage before failing
+        raise RuntimeError("made-up failure")
+
+    monkeypatch.setattr(triton_conv, "_split_launch", broken)
+    x, weight, bias, res, ref = _inputs(c, oc, k, s, p, n, h, w, True, seed=3)
+    with pytest.warns(UserWarning, match="wave split's two launches failed"):
+        y = triton_conv.conv2d_bias_act(x, weight, bias, res, [s, s], [p, p], [1, 1], 1, True, out=res)
+    assert y.data_ptr() == res.data_ptr() and rel_err(y, ref) < 1e-5
+    assert list(triton_conv._split_choice.values()) == [0] and not triton_conv._split_auto
+    x, weight, bias, res, ref = _inputs(c, oc, k, s, p, n, h, w, True, seed=4)
+    assert rel_err(triton_conv.conv2d_bias_act(x, weight, bias, res, [s, s], [p, p], [1, 1], 1, True), ref) < 1e-5
+
+
+@pytest.mark.interpreter
 def test_a_wave_split_stays_where_it_was_decided(interpreted_direct, monkeypatch):
     """Two launches only for the calls they were decided for: one launch forced, other options forced,
     the split switched off, a fresh decision table; each launch tuned for its exact M; and during CUDA
