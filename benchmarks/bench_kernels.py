@@ -202,6 +202,14 @@ def bench_conv(args, rows, header, prog):
                     return triton_conv.conv2d_bias_act(xs[i % count], weight_for_op, bias, rs[i % count], [s, s], [p, p],
                                                        [1, 1], 1, relu, batch_split=0)
                 providers.append(("resnet_fast launcher, one launch forced", one_launch))
+            if triton_conv.s2d_fits(c, 1, k, k, [s, s], [1, 1]) and n * oh * oh >= triton_conv.S2D_MIN_M:
+                # The stem: the launcher times its 4-channel path against space-to-depth; both forced here.
+                for forced, name in ((False, "resnet_fast launcher, 4-channel stem forced"),
+                                     (True, "resnet_fast launcher, space-to-depth stem forced")):
+                    def stem_fn(i, forced=forced):
+                        return triton_conv.conv2d_bias_act(xs[i % count], weight_for_op, bias, rs[i % count], [s, s],
+                                                           [p, p], [1, 1], 1, relu, s2d=forced)
+                    providers.append((name, stem_fn))
         ref = unfused(0).float()
         shape_name = f"{label} {c}->{oc} k{k} s{s} {h}x{h} n{n}" + (" +res" if res else "")
         # First calls (tuning, errors) for every provider, then the timing rounds, interleaved.
@@ -214,6 +222,7 @@ def bench_conv(args, rows, header, prog):
                     conv1x1_tma._conv1x1_tma_kernel.configs_timings = None
                     tma_before = dict(triton_conv._tma_choice)
                     logged, splits_before = len(triton_conv.tuning_log), dict(triton_conv._split_report)
+                    stems_before = dict(triton_conv._s2d_report)
                     out0 = fn(0).float()  # the first call tunes (or reads the disk cache)
                     _, timings = triton_conv.tuning_state()
                     runs = triton_conv.tuning_log[logged:]
@@ -233,6 +242,8 @@ def bench_conv(args, rows, header, prog):
                         tuning["tma_best"] = triton_conv.config_name(best) if best else None
                     # Where the launcher timed one launch against two (wave_split): what it found, and
                     # each launch's tuning (batch, M, config chosen, every config's time).
+                    stem = [v for key, v in triton_conv._s2d_report.items() if key not in stems_before]
+                    tuning["stem"] = stem[0] if stem else None  # the 4-channel path against space-to-depth
                     split = [v for key, v in triton_conv._split_report.items() if key not in splits_before]
                     tuning["wave_split"] = split[0] if split else None
                     if split:

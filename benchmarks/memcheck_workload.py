@@ -13,9 +13,9 @@ Sections:
   element off 16-byte alignment, channels_last and mixed layouts, every dtype.
 - ``convs``: the Triton conv on one small odd-sized case of every walk (1x1 stride 1 and 2, 3x3 stride
   1 and 2, dilated, grouped, the 7x7 stem on 3 channels), with and without the residual, in place,
-  with forced split-K (shares added in the kernel and by the reduce kernel), 64-bit offsets (with the
-  config tuned for the 32-bit case: the offset width is not a tuning key), and the
-  1x1 TMA kernel with tails. With autotuning on (the default on a GPU) every config the tuner
+  with forced split-K (shares added in the kernel and by the reduce kernel), the stem space-to-depth,
+  64-bit offsets (with the config tuned for the 32-bit case: the offset width is not a tuning key),
+  and the 1x1 TMA kernel with tails. With autotuning on (the default on a GPU) every config the tuner
   considers for a case runs, not just the one it picks.
 - ``pool``: ``resnet_fast::max_pool2d`` on odd sizes.
 - ``model``: a ResNet forward (batch 1, so layer3/4 convs split K as in the latency path), then with
@@ -188,6 +188,11 @@ def section_convs(device: str, quick: bool) -> None:
         into = res.clone()
         triton_conv.conv2d_bias_act(x, w, b, into, [1, 1], [1, 1], [1, 1], 1, True, out=into, batch_split=2)
         report(f"conv 3x3 as two launches (2 + 1 images) {dtype} in place", into, ref, _bound(dtype))
+        # The stem space-to-depth (forced): its input and weight rearranged by two small kernels (odd
+        # sizes: the last rearranged row and column lie half outside x), then a 4x4 stride-1 conv.
+        x, w, b, res, ref = _conv_case((2, 3, 15, 13), 64, 7, 1, False, 2, 3, 1, dtype, device, seed=48)
+        y = triton_conv.conv2d_bias_act(x, w, b, None, [2, 2], [3, 3], [1, 1], 1, True, s2d=True)
+        report(f"conv 7x7 stem space-to-depth {dtype}", y, ref, _bound(dtype))
         # The TMA kernel for 1x1 convs, tails in M, K and N (zero fill and clipped stores).
         probe = torch.empty(0, device=device)
         if conv1x1_tma.available(probe):

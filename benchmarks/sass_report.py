@@ -37,6 +37,8 @@ SPECS = {
     "3x3_c256": ("bf16", 3, False, False, False, True, "tf32", 256, 256, 1),
     "1x1_s2_projection": ("bf16", 1, False, False, False, False, "tf32", 256, 512, 1),
     "stem_7x7": ("bf16", 7, True, False, False, True, "tf32", 3, 64, 1),
+    # the same stem space-to-depth (kernels/conv.py s2d_fits): a 4x4 stride-1 conv on 16 channels
+    "stem_s2d_4x4": ("bf16", 4, True, False, False, True, "tf32", 16, 64, 1),
     "3x3_grouped_g32": ("bf16", 3, True, False, False, True, "tf32", 128, 128, 32),
     # resnext101_32x8d: 8 channels per group, a kernel row's 3 x 8 in one K step (the row walk)
     "3x3_grouped_8ch": ("bf16", 3, True, False, False, True, "tf32", 256, 256, 32),

@@ -46,10 +46,17 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 launch_count = 0
 
 
+# The interpreter runs each program in numpy: one mid-size tile keeps CPU tests fast. The 64-deep one
+# only for the row walk of 64 elements (the space-to-depth stem): see ``_prune``.
+_INTERPRETER_CONFIGS = (
+    triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4}, num_warps=4, num_stages=1),
+    triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 64, "GROUP_M": 4}, num_warps=4, num_stages=1),
+)
+
+
 def _configs() -> List[triton.Config]:
     if INTERPRET:
-        # The interpreter runs each program in numpy: one mid-size tile keeps CPU tests fast.
-        return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4}, num_warps=4, num_stages=1)]
+        return list(_INTERPRETER_CONFIGS)
     if os.environ.get("RESNET_FAST_AUTOTUNE", "1") == "0":
         # One config, no tuning: correctness runs (the GPU tests) without compiling every config.
         return [untuned_config()]
@@ -133,6 +140,12 @@ def _prune(configs, named_args, **kwargs):
     k = named_args["Cg"] * kwargs.get("KH", 1) * kwargs.get("KW", 1)
     residual = bool(kwargs.get("HAS_RESIDUAL", False))
     narrow = ocg <= 32
+    # A flat walk whose kernel row is 64 elements (the space-to-depth stem: 4 x 16 channels) walks one
+    # row per 64-deep K step (the kernel's ROW_WALK): 64-deep configs only, where every other flat
+    # walk takes 32-deep ones.
+    row64 = flat_k and not kwargs.get("PAD_C") and kwargs.get("KW", 1) * kwargs.get("FLAT_CG", 1) == 64
+    if all(any(c is i for i in _INTERPRETER_CONFIGS) for c in configs):
+        return [c for c in configs if (c.kwargs["BLOCK_K"] == 64) == row64]  # one: no timing runs
 
     element_size = named_args["x_ptr"].element_size()
 
@@ -153,7 +166,7 @@ def _prune(configs, named_args, **kwargs):
             return narrow
         if (bm, bn, c.num_stages) == (128, 64, 3):
             return ocg <= 64 and 256 < k <= 1024 and not flat_k
-        if (bk == 32) != flat_k:
+        if (bk == 32) != (flat_k and not row64):
             return False
         if bm == 16:
             return m <= 1024  # 16-row tiles only for tiny M
@@ -540,39 +553,150 @@ def walk_constexprs(kh: int, kw: int, cg: int, flat_k: bool, gemm_1x1: bool, pad
     )
 
 
-# (shape, strides, dtype, device, 16-byte aligned) of the stem input -> its pad kernel's direct launch.
-_pad_plans = {}
-
-
 def _pad_channels(x: torch.Tensor) -> torch.Tensor:
     """x [N, C, H, W] (any strides) as a dense channels_last [N, 4, H, W] tensor, channels C..3 zero.
-    Launched directly (kernels/launch.py) from an input's second call on: it runs before the stem on
-    every forward, and a launch through JITFunction.run costs ~100 us of host time on an H100 host."""
+    Launched directly (``_launch_small``) from an input's second call on."""
     n, c, h, w = x.shape
     cp = _PADDED_CHANNELS
     y = torch.empty_strided((n, cp, h, w), nhwc_strides(n, cp, h, w), dtype=x.dtype, device=x.device)
     pixels = n * h * w
     block = 256
-    # Every value Triton specialises on comes from x's shape and strides (y is a fresh allocation).
-    key = (x.shape, x.stride(), x.dtype, x.device, x.data_ptr() % 16 == 0) if direct.ENABLED and _direct_ok(x) else None
-    plan = _pad_plans.get(key) if key is not None else None
-    args = (pixels, c, h, w, x.stride(0), x.stride(1), x.stride(2), x.stride(3), cp, block)
+    _launch_small(_pad_channels_kernel, (triton.cdiv(pixels, block), 1, 1), (x, y),
+                  (pixels, c, h, w, *x.stride()), dict(CP=cp, BLOCK=block))
+    return y
+
+
+# The space-to-depth stem. A 7x7 stride-2 conv on 3 channels is a 4x4 stride-1 conv on the input
+# rearranged 2x2 pixels to 12 channels (padded to 16): x'[n, hs, ws, (dh * 2 + dw) * C + c] =
+# x[n, c, 2 hs + dh - pad, 2 ws + dw - pad], w'[o, (dh * 2 + dw) * C + c, kh', kw'] = w[o, c, 2 kh' + dh,
+# 2 kw' + dw] (zero past the 7x7 kernel). With 16 channels (32 bytes) per pixel a kernel row of x' is
+# one 16-byte aligned run of 4 x 16 elements (128 bytes), which the row walk reads with 16-byte
+# asynchronous copies in one 64-deep K step per kernel row (4 steps, K = 256). The 4-channel path reads
+# each kernel row as 8-byte copies (pixels at stride 2 start 8-byte aligned), 7 rows of 28 in steps of
+# 32 (K = 224): session 7's ncu put the stem at 84% of L1 throughput, 29% of DRAM, 511 us at batch 256.
+S2D_CHANNELS = 16
+# Where the stem is this large or more (batch 21+ at 224x224) the two rearranging launches (input,
+# weight) are cheap beside it; below, the 4-channel path without them.
+S2D_MIN_M = 1 << 18
+# On by default where the tuner runs (RESNET_FAST_S2D=0 turns it off), never in the interpreter:
+# timed against the 4-channel path on a stem shape's first call, kept only where clearly faster.
+_s2d_auto = (os.environ.get("RESNET_FAST_AUTOTUNE", "1") != "0" and os.environ.get("RESNET_FAST_S2D", "1") != "0"
+             and not INTERPRET)
+S2D_MARGIN = 0.97
+_s2d_choice = {}
+_s2d_report = {}
+
+
+def s2d_fits(cg: int, groups: int, kh: int, kw: int, stride, dilation) -> bool:
+    """Whether the conv can run space-to-depth: a stem (at most 4 channels, one group), stride 2,
+    undilated, a 7x7 or 8x8 kernel (4x4 after the rearrangement: one 64-deep K step per kernel row)."""
+    return (groups == 1 and cg <= 4 and list(stride) == [2, 2] and list(dilation) == [1, 1]
+            and kh in (7, 8) and kw in (7, 8))
+
+
+@triton.jit
+def _space_to_depth_kernel(x_ptr, y_ptr, P, C, H, W, HS, WS, pad_h, pad_w, sxn, sxc, sxh, sxw,
+                           CP: tl.constexpr, BLOCK: tl.constexpr):
+    """y[p, (dh * 2 + dw) * C + c] = x[n, c, 2 hs + dh - pad_h, 2 ws + dw - pad_w] for pixels p = (n, hs,
+    ws) of a dense channels_last [N, CP, HS, WS] y; zero outside x and in channels 4 C and up."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    j = tl.arange(0, CP)
+    q = j // C
+    c = j - q * C
+    dh = q // 2
+    dw = q - 2 * dh
+    ws = offs % WS
+    rows = offs // WS
+    hs = rows % HS
+    n = rows // HS
+    ih = 2 * hs[:, None] + dh[None, :] - pad_h
+    iw = 2 * ws[:, None] + dw[None, :] - pad_w
+    mask_p = offs < P
+    inside = (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+    v = tl.load(x_ptr + (n * sxn)[:, None] + (c.to(tl.int64) * sxc)[None, :] + ih * sxh + iw * sxw,
+                mask=mask_p[:, None] & (j < 4 * C)[None, :] & inside, other=0.0)
+    tl.store(y_ptr + offs[:, None] * CP + j[None, :], v, mask=mask_p[:, None])
+
+
+@triton.jit
+def _s2d_weight_kernel(w_ptr, y_ptr, OC, C, KH, KW, swo, swc, swh, sww, KS_W: tl.constexpr, CP: tl.constexpr,
+                       BLOCK: tl.constexpr):
+    """Row r = (kh', kw', j) of the rearranged weight, dense [KS_H, KS_W, CP, OC] (output channels
+    innermost, as the conv kernel reads it): y[r, o] = w[o, c, 2 kh' + dh, 2 kw' + dw] for j = (dh * 2 +
+    dw) * C + c, zero past the kernel and in channels 4 C and up."""
+    r = tl.program_id(0)
+    j = r % CP
+    t = r // CP
+    kws = t % KS_W
+    khs = t // KS_W
+    q = j // C
+    c = j - q * C
+    kh = 2 * khs + q // 2
+    kw = 2 * kws + q % 2
+    o = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    real = (j < 4 * C) & (kh < KH) & (kw < KW)
+    v = tl.load(w_ptr + o * swo + c * swc + kh * swh + kw * sww, mask=(o < OC) & real, other=0.0)
+    tl.store(y_ptr + r * OC + o, v, mask=o < OC)
+
+
+# (kernel, every tensor's shape/strides/dtype/device/alignment, the scalars) -> a direct launch.
+_small_plans = {}
+
+
+def _launch_small(fn, grid, tensors, scalars, constexprs: dict, num_warps: int = 4) -> None:
+    """Launch a small helper kernel whose parameters are ``tensors``, then ``scalars``, then
+    ``constexprs`` (in that order), directly (kernels/launch.py) once a call with the same key has
+    launched it: these run on every forward, and a launch through JITFunction.run costs ~100 us of
+    host time on an H100 host."""
+    key = None
+    if direct.ENABLED and _direct_ok(tensors[0]):
+        key = (fn, tuple((t.shape, t.stride(), t.dtype, t.device, t.data_ptr() % 16 == 0) for t in tensors),
+               tuple(scalars), tuple(constexprs.items()), grid, num_warps)
+    plan = _small_plans.get(key) if key is not None else None
     if plan is not None:
         try:
-            plan.launch(x.get_device(), (plan.pointer(x), plan.pointer(y)) + args)
-            return y
+            plan.launch(tensors[0].get_device(),
+                        tuple(plan.pointer(t) for t in tensors) + tuple(scalars) + tuple(constexprs.values()))
+            return
         except (TypeError, ValueError, AttributeError) as e:  # as in _run_plan: a launcher refusing the call
             direct.disable(e)
             key = None
-    grid = (triton.cdiv(pixels, block), 1, 1)
-    kernel = _pad_channels_kernel[grid](x, y, *args[:8], CP=cp, BLOCK=block, num_warps=4)
+    kernel = fn[grid](*tensors, *scalars, **constexprs, num_warps=num_warps)
     if key is not None:
         launch = direct.Direct.of(kernel, grid)
         if launch is not None:
-            if len(_pad_plans) >= 64:
-                _pad_plans.clear()
-            _pad_plans[key] = launch
+            if len(_small_plans) >= 64:
+                _small_plans.clear()
+            _small_plans[key] = launch
+
+
+def _space_to_depth(x: torch.Tensor, hs: int, ws: int, padding) -> torch.Tensor:
+    n, c, h, w = x.shape
+    cp = S2D_CHANNELS
+    y = torch.empty_strided((n, cp, hs, ws), nhwc_strides(n, cp, hs, ws), dtype=x.dtype, device=x.device)
+    pixels, block = n * hs * ws, 128
+    _launch_small(_space_to_depth_kernel, (triton.cdiv(pixels, block), 1, 1), (x, y),
+                  (pixels, c, h, w, hs, ws, padding[0], padding[1], *x.stride()), dict(CP=cp, BLOCK=block))
     return y
+
+
+def _s2d_weight(weight: torch.Tensor, ks_h: int, ks_w: int) -> torch.Tensor:
+    oc, c, kh, kw = weight.shape
+    cp = S2D_CHANNELS
+    y = torch.empty_strided((oc, cp, ks_h, ks_w), (1, oc, ks_w * cp * oc, cp * oc), dtype=weight.dtype,
+                            device=weight.device)
+    block = min(128, triton.next_power_of_2(oc))
+    _launch_small(_s2d_weight_kernel, (ks_h * ks_w * cp, triton.cdiv(oc, block), 1), (weight, y),
+                  (oc, c, kh, kw, *weight.stride()), dict(KS_W=ks_w, CP=cp, BLOCK=block))
+    return y
+
+
+def _s2d_conv(x, weight, bias, residual, padding, relu, y) -> None:
+    """The stem as a stride-1 conv on its space-to-depth input: y = relu?(conv(x, w) + bias + residual)."""
+    oc, _, kh, kw = weight.shape
+    ks_h, ks_w = (kh + 1) // 2, (kw + 1) // 2
+    xs = _space_to_depth(x, y.shape[2] + ks_h - 1, y.shape[3] + ks_w - 1, padding)
+    conv2d_bias_act(xs, _s2d_weight(weight, ks_h, ks_w), bias, residual, [1, 1], [0, 0], [1, 1], 1, relu, out=y)
 
 
 _compile_pool = None
@@ -645,6 +769,8 @@ def tuning_state():
         chosen[f"tma {key}"] = "TMA kernel " + config_name(choice) if choice else "general kernel (TMA not clearly faster)"
     if _tma_failure:
         chosen["tma failure"] = _tma_failure
+    for key, won in _s2d_choice.items():
+        chosen[f"stem {key}"] = _s2d_report.get(key, "space-to-depth" if won else "4-channel path")
     for key, n1 in _split_choice.items():
         chosen[f"wave split {key}"] = _split_report.get(key, f"images [0, {n1}) and [{n1}, N)" if n1 else "one launch")
     return chosen, _first_timings(getattr(tuner, "configs_timings", None)) or {}
@@ -711,6 +837,7 @@ def conv2d_bias_act(
     tma: Optional[bool] = None,
     batch_split: Optional[int] = None,
     part: bool = False,
+    s2d: Optional[bool] = None,
 ) -> torch.Tensor:
     """Host launcher; shapes were checked by the op. Returns a channels_last tensor in x's dtype.
 
@@ -723,7 +850,9 @@ def conv2d_bias_act(
     ``batch_split`` forces (n1 > 0) or forbids (0) two launches, on images [0, n1) and [n1, N); by
     default ``wave_split`` proposes it where the last wave of big tiles is at most half full, and it
     runs where it timed faster. ``part`` marks such a launch (internal): it is never split again,
-    and tunes for its exact M.
+    and tunes for its exact M. ``s2d`` forces (True) or forbids (False) the space-to-depth stem
+    (``s2d_fits``); by default it runs where it timed faster than the 4-channel path (M of
+    ``S2D_MIN_M`` or more).
     """
     global launch_count
     if batch_split is not None:
@@ -733,11 +862,19 @@ def conv2d_bias_act(
         if batch_split and not (index_64 is None and split_k is None and serial_split is None and tma is None):
             raise ValueError("batch_split: two launches cannot also force index_64, split_k, serial_split or tma "
                              "(each launch chooses its own)")
+    if s2d:
+        if not s2d_fits(weight.shape[1], groups, weight.shape[2], weight.shape[3], stride, dilation):
+            raise ValueError("s2d=True: only a stem conv runs space-to-depth (at most 4 channels, one group, a 7x7 "
+                             f"or 8x8 kernel, stride 2, no dilation), got weight {tuple(weight.shape)}, stride "
+                             f"{list(stride)}, dilation {list(dilation)}, groups {groups}")
+        if not (index_64 is None and split_k is None and serial_split is None and tma is None and not batch_split):
+            raise ValueError("s2d=True cannot also force index_64, split_k, serial_split, tma or batch_split "
+                             "(its stride-1 conv chooses its own)")
     plan_key = None
     if (direct.ENABLED and _direct_ok(x) and index_64 is None and split_k is None and serial_split is None
-            and not batch_split):
+            and not batch_split and not s2d):
         plan_key = _plan_key(x, weight, bias, residual, out, stride, padding, dilation, groups, relu, tma,
-                             "part" if part else batch_split)
+                             "part" if part else batch_split, s2d)
         y = _run_plan(plan_key, x, weight, bias, residual, out)
         if y is not None:
             return y
@@ -776,6 +913,32 @@ def conv2d_bias_act(
     if bias.stride(0) != 1:
         bias = bias.contiguous()  # the kernels index bias by output channel
     conv = (stride, padding, dilation, groups, relu)
+    if (s2d is None and _s2d_auto and n * oh * ow >= S2D_MIN_M and index_64 is None and split_k is None
+            and serial_split is None and tma is None and batch_split is None and not part
+            and s2d_fits(cg, groups, kh, kw, stride, dilation)):
+        # The stem: its 4-channel path, or space-to-depth (a stride-1 conv on 16 channels), whichever
+        # timed faster on the layer shape's first call.
+        s2d_key = (x.device, tuple(x.shape), tuple(x.stride()), tuple(weight.shape), tuple(stride), tuple(padding),
+                   residual is not None, relu, x.dtype, x.dtype == torch.float32 and x.is_cuda and cudnn_conv_allows_tf32())
+        s2d = _s2d_choice.get(s2d_key)
+        if s2d is None:
+            if _capturing(x):
+                raise _not_tuned(x, weight)
+            r = residual.clone() if residual is not None and _same_storage(residual, y) else residual
+            counted = launch_count
+            won, timed = _timed_choice(
+                lambda: conv2d_bias_act(x, weight, bias, r, *conv, out=y, s2d=False),
+                lambda: _s2d_conv(x, weight, bias, r, padding, relu, y),
+                "the space-to-depth stem", "the stem runs its 4-channel path from now on", _no_s2d, S2D_MARGIN)
+            _s2d_choice[s2d_key] = won
+            _s2d_report[s2d_key] = f"{'space-to-depth' if won else '4-channel path'}: space-to-depth {timed} for 4 channels"
+            launch_count = counted + 1  # as a later call counts (not the timing runs)
+            return y
+    if s2d:
+        _s2d_conv(x, weight, bias, residual, padding, relu, y)
+        if plan_key is not None and inputs_kept():
+            _keep_plan(plan_key, _S2DPlan(y, padding, relu))
+        return y  # (its conv counted itself)
     if (batch_split is None and not part and _split_auto and not flat_k
             and index_64 is None and split_k is None and serial_split is None and tma is None):
         # (Before x is padded or made dense: each launch does that for its own images.)
@@ -931,7 +1094,8 @@ _plans = {}
 _MAX_PLANS = 4096
 
 
-def _plan_key(x, weight, bias, residual, out, stride, padding, dilation, groups, relu, tma=None, split=None):
+def _plan_key(x, weight, bias, residual, out, stride, padding, dilation, groups, relu, tma=None, split=None,
+              s2d=None):
     """Everything a launch of this conv depends on, or None (no direct launch: a pointer that is not
     16-byte aligned, which Triton would compile another specialisation for)."""
     ptrs = x.data_ptr() | weight.data_ptr() | bias.data_ptr()
@@ -950,7 +1114,8 @@ def _plan_key(x, weight, bias, residual, out, stride, padding, dilation, groups,
     # get_device() alone is -1 for the CPU and meta alike, 0 for cuda:0 and any other backend's 0.
     return (x.shape, x.stride(), x.dtype, x.device, weight.shape, weight.stride(), weight.dtype,
             weight.device, bias.shape, bias.stride(), bias.dtype, bias.device, extra,
-            tuple(stride), tuple(padding), tuple(dilation), groups, relu, tf32, _tma_auto, tma, split, _split_auto)
+            tuple(stride), tuple(padding), tuple(dilation), groups, relu, tf32, _tma_auto, tma, split, _split_auto,
+            s2d, _s2d_auto)
 
 
 def _direct_ok(x: torch.Tensor) -> bool:
@@ -963,7 +1128,7 @@ def _run_plan(plan_key, x, weight, bias, residual, out) -> Optional[torch.Tensor
     plan = _plans.get(plan_key) if plan_key is not None else None
     if plan is None or not plan.current():
         return None
-    if isinstance(plan, _SplitPlan):
+    if isinstance(plan, (_SplitPlan, _S2DPlan)):
         return plan.run(x, weight, bias, residual, out)  # (its launches take their own plans, or the full path)
     try:
         y = plan.run(x, weight, bias, residual, out)
@@ -1059,8 +1224,27 @@ class _SplitPlan:
         return y
 
 
+class _S2DPlan:
+    """The space-to-depth stem's plan: the rearranging launches, then the stride-1 conv through its own plan."""
+
+    __slots__ = ("padding", "relu", "y_shape", "y_strides", "tuning")
+
+    def __init__(self, y, padding, relu):
+        self.padding, self.relu = tuple(padding), relu
+        self.y_shape, self.y_strides = tuple(y.shape), tuple(y.stride())
+        self.tuning = _tuning_tables()
+
+    def current(self) -> bool:
+        return _tables_current(self.tuning)
+
+    def run(self, x, weight, bias, residual, out):
+        y = out if out is not None else torch.empty_strided(self.y_shape, self.y_strides, dtype=x.dtype, device=x.device)
+        _s2d_conv(x, weight, bias, residual, self.padding, self.relu, y)
+        return y
+
+
 def _tuning_tables():
-    return (_chosen_configs, _tma_choice, _tma_forced, _split_choice)
+    return (_chosen_configs, _tma_choice, _tma_forced, _split_choice, _s2d_choice)
 
 
 def _tables_current(tables) -> bool:
@@ -1181,30 +1365,46 @@ def _split_launch(n1, x, weight, bias, residual, y, conv):
                         out=y[lo:hi], part=True)
 
 
-def _decide_wave_split(whole, split, n1, key, bench=None) -> int:
-    """Run both ways once (each tunes on its first call), time them, return n1 if the two launches are
-    clearly faster (``SPLIT_MARGIN``), else 0. The split runs last, so y holds its result (both are
-    complete and right)."""
-    global _split_auto
+def _timed_choice(default, alternative, what, fallback, disable, margin, bench=None):
+    """Run ``default``, then ``alternative`` (each tunes on its first call), time both, and return
+    (whether the alternative is clearly faster: ``margin``, what was timed). Both write y in full and
+    right, so y holds a right result either way. The alternative is an optimisation: if it (or its
+    timing) raises, ``disable()`` turns it off for the process, with one warning, and ``default``
+    writes y again. (A device fault cannot be caught this way.)"""
     bench = bench or _quick_bench
-    whole()
+    default()
     try:
-        split()
-        t_whole = bench(whole)
-        t_split = bench(split)
-    except Exception as e:  # noqa: BLE001 - an optimisation only: one launch serves every conv
-        # (A Python-side failure of the two launches or of the timing; a device fault cannot be caught.)
-        _split_auto = False
+        alternative()
+        t_default = bench(default)
+        t_alternative = bench(alternative)
+    except Exception as e:  # noqa: BLE001 - never break a launch for an optimisation
+        disable()
         import warnings
 
-        warnings.warn(f"resnet_fast: a wave split's two launches failed ({type(e).__name__}: {e}); every conv runs "
-                      "as one launch from now on")
-        _split_report[key] = f"one launch: the two launches failed ({type(e).__name__}: {e})"[:300]
-        whole()  # y as one launch writes it
-        return 0
-    won = t_split < SPLIT_MARGIN * t_whole
-    _split_report[key] = (f"{'two launches' if won else 'one launch'}: images [0, {n1}) + [{n1}, N) "
-                          f"{t_split:.4g} ms against {t_whole:.4g} ms for one launch")
+        warnings.warn(f"resnet_fast: {what} failed ({type(e).__name__}: {e}); {fallback}")
+        default()
+        return False, f"failed ({type(e).__name__}: {e})"[:300]
+    won = t_alternative < margin * t_default
+    return won, f"{t_alternative:.4g} ms against {t_default:.4g} ms"
+
+
+def _no_more_splits():
+    global _split_auto
+    _split_auto = False
+
+
+def _no_s2d():
+    global _s2d_auto
+    _s2d_auto = False
+
+
+def _decide_wave_split(whole, split, n1, key, bench=None) -> int:
+    """Time one launch against two (the split runs last), return n1 if the two launches are clearly
+    faster (``SPLIT_MARGIN``), else 0."""
+    won, timed = _timed_choice(whole, split, "a wave split's two launches", "every conv runs as one launch from now on",
+                               _no_more_splits, SPLIT_MARGIN, bench)
+    _split_report[key] = (f"one launch: images [0, {n1}) + [{n1}, N) {timed}" if timed.startswith("failed") else
+                          f"{'two launches' if won else 'one launch'}: images [0, {n1}) + [{n1}, N) {timed} for one launch")
     return n1 if won else 0
 
 

@@ -6,6 +6,8 @@ these tests check what the launcher builds (argument order, buffers, the residua
 padded copy, K-split workspaces and counters, in-place outputs) against float64 references; the
 GPU test runs the real compiled kernels.
 """
+import inspect
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -46,13 +48,20 @@ def interpreted_direct(monkeypatch):
             def launcher(g0, g1, g2, stream, function, metadata, launch_metadata, enter, leave, *values):
                 assert stream == 0 and launch_metadata is None
                 general = triton_conv._conv2d_bias_act_kernel.fn
-                pad = triton_conv._pad_channels_kernel
+                # The stem's helpers (_launch_small): two tensors, the scalars, the constexprs last.
+                small = {len(f.arg_names): f for f in (triton_conv._pad_channels_kernel,
+                                                       triton_conv._space_to_depth_kernel, triton_conv._s2d_weight_kernel)}
                 if len(values) == len(general.arg_names):
                     assert all(isinstance(v, int) for v in values[:7]), "pointers are passed as integers"
                     general[(g0, g1, g2)](*[seen[v] for v in values[:7]], *values[7:])
-                elif len(values) == len(pad.arg_names):  # the stem's channel padding: x, y, then scalars
+                elif len(values) in small:
+                    f = small[len(values)]
                     assert all(isinstance(v, int) for v in values[:2]), "pointers are passed as integers"
-                    pad[(g0, g1, g2)](seen[values[0]], seen[values[1]], *values[2:-2], CP=values[-2], BLOCK=values[-1])
+                    params = inspect.signature(f.fn).parameters
+                    const = [n for n in f.arg_names if "constexpr" in str(params[n].annotation)]
+                    runtime = [v for n, v in zip(f.arg_names[2:], values[2:]) if n not in const]
+                    f[(g0, g1, g2)](seen[values[0]], seen[values[1]], *runtime,
+                                    **{n: v for n, v in zip(f.arg_names, values) if n in const})
                 else:  # the TMA kernel: four descriptors, then the bias pointer
                     assert isinstance(values[4], int)
                     conv1x1_tma._conv1x1_tma_kernel.fn[(g0, g1, g2)](*values[:4], seen[values[4]], *values[5:])
@@ -64,12 +73,14 @@ def interpreted_direct(monkeypatch):
     monkeypatch.setattr(direct, "_raw_stream", lambda device: 0)
     monkeypatch.setattr(triton_conv, "_direct_ok", lambda x: True)
     monkeypatch.setattr(triton_conv, "_plans", {})
-    monkeypatch.setattr(triton_conv, "_pad_plans", {})
     monkeypatch.setattr(triton_conv, "_chosen_configs", {})  # each test's first call tunes
     monkeypatch.setattr(triton_conv, "_tma_forced", {})
     monkeypatch.setattr(triton_conv, "_tma_choice", {})
     monkeypatch.setattr(triton_conv, "_split_choice", {})
     monkeypatch.setattr(triton_conv, "_split_report", {})
+    monkeypatch.setattr(triton_conv, "_s2d_choice", {})
+    monkeypatch.setattr(triton_conv, "_s2d_report", {})
+    monkeypatch.setattr(triton_conv, "_small_plans", {})
     monkeypatch.setattr(triton_conv, "_sm_count", lambda device: 132)
     return triton_conv, direct
 
@@ -110,7 +121,7 @@ def test_repeated_calls_launch_directly_and_stay_right(interpreted_direct, case)
     # The stem (3 channels) pads x to 4 channels first, a second kernel, launched directly from its
     # second call on.
     assert directs == ([0, 1, 2, 2] if c == 3 else [0, 0, 1, 1])
-    assert len(triton_conv._plans) == 1 and len(triton_conv._pad_plans) == (c == 3)
+    assert len(triton_conv._plans) == 1 and len(triton_conv._small_plans) == (c == 3)
 
 
 @pytest.mark.interpreter
@@ -375,6 +386,61 @@ def test_a_wave_split_that_fails_falls_back_to_one_launch(interpreted_direct, mo
     assert list(triton_conv._split_choice.values()) == [0] and not triton_conv._split_auto
     x, weight, bias, res, ref = _inputs(c, oc, k, s, p, n, h, w, True, seed=4)
     assert rel_err(triton_conv.conv2d_bias_act(x, weight, bias, res, [s, s], [p, p], [1, 1], 1, True), ref) < 1e-5
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("in_place", [False, True], ids=["out", "in_place"])
+@pytest.mark.parametrize("won", [True, False], ids=["space_to_depth", "four_channels"])
+def test_stem_path_decided_by_timing_then_launched_directly(interpreted_direct, monkeypatch, won, in_place):
+    """The stem's default path (made to apply here: the interpreter never times): the first call times
+    the 4-channel path against space-to-depth (made-up timings for each outcome) and keeps the winner;
+    later calls run it through a plan: space-to-depth as its two rearranging kernels and the stride-1
+    conv, all launched directly; the 4-channel path as the pad kernel and the conv. Right every time,
+    in place too."""
+    triton_conv, direct = interpreted_direct
+    c, oc, k, s, p, n, h, w = 3, 16, 7, 2, 3, 2, 11, 9
+    monkeypatch.setattr(triton_conv, "_s2d_auto", True)
+    monkeypatch.setattr(triton_conv, "S2D_MIN_M", 0)
+    timings = iter([2.0, 1.0] if won else [1.0, 1.0])  # the 4-channel path timed first
+    monkeypatch.setattr(triton_conv, "_quick_bench", lambda fn, quantiles=None: (fn(), next(timings))[1])
+    directs, counts = [], []
+    for call in range(4):
+        x, weight, bias, res, ref = _inputs(c, oc, k, s, p, n, h, w, True, seed=call)
+        before, counted = direct.launch_count, triton_conv.launch_count
+        y = triton_conv.conv2d_bias_act(x, weight, bias, res, [s, s], [p, p], [1, 1], 1, True,
+                                        out=res if in_place else None)
+        directs.append(direct.launch_count - before)
+        counts.append(triton_conv.launch_count - counted)
+        assert rel_err(y, ref) < 1e-5, call
+        assert y.data_ptr() == res.data_ptr() if in_place else y.data_ptr() != res.data_ptr()
+    assert next(timings, None) is None  # both ways timed once, on the first call only
+    assert list(triton_conv._s2d_choice.values()) == [won]
+    assert counts == [1, 1, 1, 1]
+    if won:
+        assert directs[2:] == [3, 3] and sum(isinstance(pl, triton_conv._S2DPlan) for pl in triton_conv._plans.values()) == 1
+    else:
+        assert directs[2:] == [2, 2] and not any(isinstance(pl, triton_conv._S2DPlan) for pl in triton_conv._plans.values())
+    chosen, _ = triton_conv.tuning_state()
+    (report,) = [v for key, v in chosen.items() if key.startswith("stem")]
+    assert report.startswith("space-to-depth:" if won else "4-channel path:")
+
+
+@pytest.mark.interpreter
+def test_a_space_to_depth_stem_that_fails_falls_back_to_four_channels(interpreted_direct, monkeypatch):
+    triton_conv, direct = interpreted_direct
+    monkeypatch.setattr(triton_conv, "_s2d_auto", True)
+    monkeypatch.setattr(triton_conv, "S2D_MIN_M", 0)
+
+    def broken(x, weight, bias, residual, padding, relu, y):
+        y.fill_(float("nan"))
+        raise RuntimeError("made-up failure")
+
+    monkeypatch.setattr(triton_conv, "_s2d_conv", broken)
+    x, weight, bias, res, ref = _inputs(3, 16, 7, 2, 3, 2, 11, 9, True, seed=5)
+    with pytest.warns(UserWarning, match="space-to-depth stem failed"):
+        y = triton_conv.conv2d_bias_act(x, weight, bias, res, [2, 2], [3, 3], [1, 1], 1, True, out=res)
+    assert y.data_ptr() == res.data_ptr() and rel_err(y, ref) < 1e-5
+    assert list(triton_conv._s2d_choice.values()) == [False] and not triton_conv._s2d_auto
 
 
 @pytest.mark.interpreter

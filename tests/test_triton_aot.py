@@ -78,7 +78,8 @@ LOOP_CEILING = {
 # before it ran 7 times, ~1600 instructions per tile.
 # Session 9, (n, oh, ow) from two unsigned divisions: 1008-1040 / 1176-1184.
 # ResNeXt 8 channels per group (3 kernel rows, aligned 16-byte runs): 608 / 616.
-UNROLLED_CEILING = {"stem_7x7": 1400, "3x3_grouped_8ch": 720}
+# The space-to-depth stem (4 kernel rows of 64, session 11, Triton 3.6): 872-1296.
+UNROLLED_CEILING = {"stem_7x7": 1400, "3x3_grouped_8ch": 720, "stem_s2d_4x4": 1500}
 
 
 def _env():
@@ -135,6 +136,10 @@ def test_kernel_sass_for_sm90_every_kept_config(tmp_path):
                 # Input padded to 4 channels: A comes in 8-byte asynchronous copies, not 2-byte LDGs
                 # (the 4 LDGSTS before padding were the weight's).
                 assert row["LDGSTS"] >= 32, "stem input not pipelined: " + where
+            if name == "stem_s2d_4x4":
+                # 16 channels a pixel, 16-byte aligned: every asynchronous copy (A and B) 16 bytes wide.
+                wide = int(row["128-bit loads"].split("/")[0])
+                assert row["LDGSTS"] >= 32 and wide >= row["LDGSTS"], "space-to-depth stem not in 16-byte copies: " + where
         if gemm_1x1 and len(report["specs"][name]) <= 10:  # batch 256 (the split specs are batch 1)
             assert any(int(r["BLOCK"].split("x")[0]) >= 128 for r in rows), name
 

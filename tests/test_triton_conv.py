@@ -304,6 +304,61 @@ def test_tma_kernel_in_place_epilogue():
     assert res.data_ptr() == ptr and rel_err(res.double(), expected.double()) < 2e-3
 
 
+# Stems for the space-to-depth path: (name, channels, out channels, kernel, padding, n, h, w). Odd and
+# even sizes (the rearranged input's last row/column half outside x), 1-4 channels, the 8x8 kernel
+# (no zero tap row), a padding other than 3.
+S2D_STEMS = [("rgb_7x7_odd", 3, 24, 7, 3, 2, 13, 11), ("rgb_7x7_even", 3, 64, 7, 3, 1, 16, 18),
+             ("gray_8x8", 1, 16, 8, 2, 2, 9, 10), ("rgba_7x7_pad1", 4, 8, 7, 1, 1, 15, 12)]
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("stem", S2D_STEMS, ids=lambda t: t[0])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=["fp16", "fp32"])
+@pytest.mark.parametrize("residual,in_place", [(False, False), (True, False), (True, True)])
+def test_space_to_depth_stem_within_twice_torch_error(stem, dtype, residual, in_place):
+    """The stem as a 4x4 stride-1 conv on its input rearranged to 16 channels (s2d forced): against
+    the float64 reference, with the rearranged conv tuned to the 64-deep row walk (one kernel row of
+    4 x 16 channels per K step), and one conv launch counted (the rearranging kernels are not convs)."""
+    from resnet_fast.kernels import conv as triton_conv
+
+    name, c, oc, k, p, n, h, w = stem
+    x, weight, bias, res, conv_args, ref = _case((name, c, oc, k, 2, p, 1, 1), dtype, residual, True, n=n, h=h, w=w,
+                                                 seed=67)
+    torch_err = rel_err(_torch_same_dtype(x, weight, bias, res, conv_args, True), ref)
+    out = res if in_place else None
+    before = triton_conv.launch_count
+    y = triton_conv.conv2d_bias_act(x, to_oc_last(weight), bias, res, [2, 2], [p, p], [1, 1], 1, True, out=out, s2d=True)
+    assert triton_conv.launch_count == before + 1
+    assert (y.data_ptr() == res.data_ptr()) if in_place else y.is_contiguous(memory_format=torch.channels_last)
+    assert rel_err(y, ref) <= 2 * torch_err + 1e-6, (rel_err(y, ref), torch_err)
+    inner = [cfg for key, cfg in triton_conv._chosen_configs.items() if key[2:5] == (16, 4, 4)]
+    assert inner and all(cfg["BLOCK_K"] == 64 for cfg in inner)
+
+
+def test_space_to_depth_only_for_stems():
+    from resnet_fast.kernels import conv as triton_conv
+
+    fits = triton_conv.s2d_fits
+    assert fits(3, 1, 7, 7, [2, 2], [1, 1]) and fits(1, 1, 8, 8, (2, 2), (1, 1)) and fits(4, 1, 7, 8, [2, 2], [1, 1])
+    assert not fits(8, 1, 7, 7, [2, 2], [1, 1])  # 8 channels: 32 after the rearrangement
+    assert not fits(3, 3, 7, 7, [2, 2], [1, 1]) and not fits(3, 1, 7, 7, [1, 1], [1, 1])
+    assert not fits(3, 1, 7, 7, [2, 2], [2, 2]) and not fits(3, 1, 5, 5, [2, 2], [1, 1])
+    assert not fits(3, 1, 3, 3, [2, 2], [1, 1])
+
+
+@pytest.mark.interpreter
+def test_space_to_depth_forced_where_it_cannot_run_is_refused():
+    from resnet_fast.kernels import conv as triton_conv
+
+    x, weight, bias, res, conv_args, ref = _case(SHAPE_CLASSES[3], torch.float16, False, True)  # a 3x3 stride 2
+    with pytest.raises(ValueError, match="only a stem conv runs space-to-depth"):
+        triton_conv.conv2d_bias_act(x, to_oc_last(weight), bias, None, [2, 2], [1, 1], [1, 1], 1, True, s2d=True)
+    x, weight, bias, res, conv_args, ref = _case(S2D_STEMS[0][:4] + (2, 3, 1, 1), torch.float16, False, True)
+    with pytest.raises(ValueError, match="cannot also force"):
+        triton_conv.conv2d_bias_act(x, to_oc_last(weight), bias, None, [2, 2], [3, 3], [1, 1], 1, True, s2d=True,
+                                    split_k=2)
+
+
 @pytest.mark.interpreter
 @pytest.mark.parametrize("per_sm", [0, 1, 3])
 @pytest.mark.parametrize("in_place", [False, True])
@@ -541,6 +596,32 @@ def test_gpu_every_resnet50_conv(dtype, batch):
             assert rel_err(y, rounded) < 5e-5, where
             torch_err = max(torch_err, rel_err(rounded, ref))
         assert rel_err(y, ref) <= 2 * torch_err + 1e-6, where
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_gpu_space_to_depth_stem(monkeypatch, dtype):
+    """ResNet-50's stem at batch 32 (and an odd size) through space-to-depth, the 4-channel path and the
+    automatic choice between them (timed on the first call), each against the float64 reference and
+    PyTorch's own error (fp32 with TF32 where cuDNN may use it, as above)."""
+    from resnet_fast.kernels import conv as triton_conv
+
+    monkeypatch.setattr(triton_conv, "_s2d_auto", True)
+    monkeypatch.setattr(triton_conv, "_s2d_choice", {})
+
+    for n, hw in ((32, 224), (3, 97)):
+        x, weight, bias, res, conv_args, ref = _case(("stem", 3, 64, 7, 2, 3, 1, 1), dtype, False, True, device="cuda",
+                                                     n=n, h=hw, w=hw + 2, seed=73)
+        y = triton_conv.conv2d_bias_act(x, to_oc_last(weight), bias, None, [2, 2], [3, 3], [1, 1], 1, True, s2d=True)
+        torch_err = rel_err(_torch_same_dtype(x, weight, bias, res, conv_args, True), ref)
+        if dtype == torch.float32 and triton_conv.cudnn_conv_allows_tf32():
+            rounded = F.conv2d(tf32_round(x).double(), tf32_round(weight).double(), bias.double(), 2, 3).relu()
+            torch_err = max(torch_err, rel_err(rounded, ref))
+        assert rel_err(y, ref) <= 2 * torch_err + 1e-6, (n, hw, rel_err(y, ref), torch_err)
+        for way in (False, None, None):  # the 4-channel path, then the automatic choice: decided, then kept
+            y = triton_conv.conv2d_bias_act(x, to_oc_last(weight), bias, None, [2, 2], [3, 3], [1, 1], 1, True, s2d=way)
+            assert rel_err(y, ref) <= 2 * torch_err + 1e-6, (n, hw, way)
+    assert len(triton_conv._s2d_choice) == 1  # batch 3 at 97x99 is below S2D_MIN_M: never timed
 
 
 @pytest.mark.gpu
