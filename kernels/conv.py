@@ -937,7 +937,9 @@ def conv2d_bias_act(
     if s2d:
         _s2d_conv(x, weight, bias, residual, padding, relu, y)
         if plan_key is not None and inputs_kept():
-            _keep_plan(plan_key, _S2DPlan(y, padding, relu))
+            pad = tuple(padding)  # (the caller's list may change after this call)
+            _keep_plan(plan_key, _ComposedPlan(
+                "s2d", lambda x, weight, bias, residual, y: _s2d_conv(x, weight, bias, residual, pad, relu, y), y))
         return y  # (its conv counted itself)
     if (batch_split is None and not part and _split_auto and not flat_k
             and index_64 is None and split_k is None and serial_split is None and tma is None):
@@ -965,7 +967,9 @@ def conv2d_bias_act(
     if batch_split:
         _split_launch(batch_split, x, weight, bias, residual, y, conv)
         if plan_key is not None and inputs_kept():
-            _keep_plan(plan_key, _SplitPlan(batch_split, y, conv))
+            n1, frozen = batch_split, (tuple(stride), tuple(padding), tuple(dilation), groups, relu)
+            _keep_plan(plan_key, _ComposedPlan(
+                "split", lambda x, weight, bias, residual, y: _split_launch(n1, x, weight, bias, residual, y, frozen), y))
         return y  # (each launch counted itself)
     pad_c = flat_k and pads_channels(cg, groups, kw, dilation[1])
     if pad_c:
@@ -1128,7 +1132,7 @@ def _run_plan(plan_key, x, weight, bias, residual, out) -> Optional[torch.Tensor
     plan = _plans.get(plan_key) if plan_key is not None else None
     if plan is None or not plan.current():
         return None
-    if isinstance(plan, (_SplitPlan, _S2DPlan)):
+    if isinstance(plan, _ComposedPlan):
         return plan.run(x, weight, bias, residual, out)  # (its launches take their own plans, or the full path)
     try:
         y = plan.run(x, weight, bias, residual, out)
@@ -1205,13 +1209,15 @@ class _Plan:
         return y
 
 
-class _SplitPlan:
-    """A wave split's plan: the two launches on images [0, n1) and [n1, N), each through its own plan."""
+class _ComposedPlan:
+    """A plan made of other launches, each through its own plan (or the full path): a wave split's two
+    launches (``kind`` "split") or the stem's space-to-depth (rearranging kernels, then its stride-1
+    conv: "s2d"). ``launch(x, weight, bias, residual, y)`` writes y."""
 
-    __slots__ = ("n1", "conv", "y_shape", "y_strides", "tuning")
+    __slots__ = ("kind", "launch", "y_shape", "y_strides", "tuning")
 
-    def __init__(self, n1, y, conv):
-        self.n1, self.conv = n1, conv
+    def __init__(self, kind, launch, y):
+        self.kind, self.launch = kind, launch
         self.y_shape, self.y_strides = tuple(y.shape), tuple(y.stride())
         self.tuning = _tuning_tables()
 
@@ -1220,26 +1226,7 @@ class _SplitPlan:
 
     def run(self, x, weight, bias, residual, out):
         y = out if out is not None else torch.empty_strided(self.y_shape, self.y_strides, dtype=x.dtype, device=x.device)
-        _split_launch(self.n1, x, weight, bias, residual, y, self.conv)
-        return y
-
-
-class _S2DPlan:
-    """The space-to-depth stem's plan: the rearranging launches, then the stride-1 conv through its own plan."""
-
-    __slots__ = ("padding", "relu", "y_shape", "y_strides", "tuning")
-
-    def __init__(self, y, padding, relu):
-        self.padding, self.relu = tuple(padding), relu
-        self.y_shape, self.y_strides = tuple(y.shape), tuple(y.stride())
-        self.tuning = _tuning_tables()
-
-    def current(self) -> bool:
-        return _tables_current(self.tuning)
-
-    def run(self, x, weight, bias, residual, out):
-        y = out if out is not None else torch.empty_strided(self.y_shape, self.y_strides, dtype=x.dtype, device=x.device)
-        _s2d_conv(x, weight, bias, residual, self.padding, self.relu, y)
+        self.launch(x, weight, bias, residual, y)
         return y
 
 

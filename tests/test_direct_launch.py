@@ -324,19 +324,14 @@ def test_a_plan_follows_the_tuning_tables_and_the_tma_switch(interpreted_direct,
         call()
 
 
-@pytest.mark.interpreter
-@pytest.mark.parametrize("in_place", [False, True], ids=["out", "in_place"])
-@pytest.mark.parametrize("won", [True, False], ids=["two_launches", "one_launch"])
-def test_wave_split_decided_by_timing_then_launched_directly(interpreted_direct, monkeypatch, won, in_place):
-    """The default path where ``wave_split`` proposes two launches (made to here, on a small shape, with
-    made-up timings for each outcome): the first call times one launch against two and keeps the
-    winner; later calls take its plan, two direct launches where it won. Every call is right, in place
-    too (the decision's repeated runs must not add the residual more than once)."""
+def _timed_then_planned(interpreted_direct, monkeypatch, shape, won, in_place):
+    """Four calls of a conv whose launcher times a default against an alternative on its first call,
+    with made-up timings (the default first: 2 against 1 where the alternative should win, a tie
+    where not). Each right, in place too; both ways timed once. Returns each call's direct launches
+    and conv launch count."""
     triton_conv, direct = interpreted_direct
-    c, oc, k, s, p, n, h, w = 40, 24, 3, 1, 1, 3, 7, 5  # 40 channels: the per-tap walk (the flat one never splits)
-    monkeypatch.setattr(triton_conv, "_split_auto", True)
-    monkeypatch.setattr(triton_conv, "wave_split", lambda n, pixels, ocg, k, groups, sms: 2)
-    timings = iter([2.0, 1.0] if won else [1.0, 1.0])  # one launch timed first, then the two
+    c, oc, k, s, p, n, h, w = shape
+    timings = iter([2.0, 1.0] if won else [1.0, 1.0])
     monkeypatch.setattr(triton_conv, "_quick_bench", lambda fn, quantiles=None: (fn(), next(timings))[1])
     directs, counts = [], []
     for call in range(4):
@@ -349,13 +344,29 @@ def test_wave_split_decided_by_timing_then_launched_directly(interpreted_direct,
         assert rel_err(y, ref) < 1e-5, call
         assert y.data_ptr() == res.data_ptr() if in_place else y.data_ptr() != res.data_ptr()
     assert next(timings, None) is None  # both ways timed once, on the first call only
+    return directs, counts
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("in_place", [False, True], ids=["out", "in_place"])
+@pytest.mark.parametrize("won", [True, False], ids=["two_launches", "one_launch"])
+def test_wave_split_decided_by_timing_then_launched_directly(interpreted_direct, monkeypatch, won, in_place):
+    """The default path where ``wave_split`` proposes two launches (made to here, on a small shape, with
+    made-up timings for each outcome): the first call times one launch against two and keeps the
+    winner; later calls take its plan, two direct launches where it won. Every call is right, in place
+    too (the decision's repeated runs must not add the residual more than once)."""
+    triton_conv, direct = interpreted_direct
+    c, oc, k, s, p, n, h, w = 40, 24, 3, 1, 1, 3, 7, 5  # 40 channels: the per-tap walk (the flat one never splits)
+    monkeypatch.setattr(triton_conv, "_split_auto", True)
+    monkeypatch.setattr(triton_conv, "wave_split", lambda n, pixels, ocg, k, groups, sms: 2)
+    directs, counts = _timed_then_planned(interpreted_direct, monkeypatch, (c, oc, k, s, p, n, h, w), won, in_place)
     (choice,) = triton_conv._split_choice.values()
     assert choice == (2 if won else 0)
     if won:
         # Call 2 takes each launch's plan (made while timing; in place, whose plans differ, it makes
         # them) and keeps the split's own.
         assert directs[1:] == ([0, 2, 2] if in_place else [2, 2, 2]) and counts[1:] == [2, 2, 2]
-        assert sum(isinstance(plan, triton_conv._SplitPlan) for plan in triton_conv._plans.values()) == 1
+        assert [getattr(plan, "kind", None) for plan in triton_conv._plans.values()].count("split") == 1
     else:
         assert directs[1:] == [0, 1, 1] and counts[1:] == [1, 1, 1]
     chosen, _ = triton_conv.tuning_state()
@@ -401,25 +412,13 @@ def test_stem_path_decided_by_timing_then_launched_directly(interpreted_direct, 
     c, oc, k, s, p, n, h, w = 3, 16, 7, 2, 3, 2, 11, 9
     monkeypatch.setattr(triton_conv, "_s2d_auto", True)
     monkeypatch.setattr(triton_conv, "S2D_MIN_M", 0)
-    timings = iter([2.0, 1.0] if won else [1.0, 1.0])  # the 4-channel path timed first
-    monkeypatch.setattr(triton_conv, "_quick_bench", lambda fn, quantiles=None: (fn(), next(timings))[1])
-    directs, counts = [], []
-    for call in range(4):
-        x, weight, bias, res, ref = _inputs(c, oc, k, s, p, n, h, w, True, seed=call)
-        before, counted = direct.launch_count, triton_conv.launch_count
-        y = triton_conv.conv2d_bias_act(x, weight, bias, res, [s, s], [p, p], [1, 1], 1, True,
-                                        out=res if in_place else None)
-        directs.append(direct.launch_count - before)
-        counts.append(triton_conv.launch_count - counted)
-        assert rel_err(y, ref) < 1e-5, call
-        assert y.data_ptr() == res.data_ptr() if in_place else y.data_ptr() != res.data_ptr()
-    assert next(timings, None) is None  # both ways timed once, on the first call only
+    directs, counts = _timed_then_planned(interpreted_direct, monkeypatch, (c, oc, k, s, p, n, h, w), won, in_place)
     assert list(triton_conv._s2d_choice.values()) == [won]
     assert counts == [1, 1, 1, 1]
     if won:
-        assert directs[2:] == [3, 3] and sum(isinstance(pl, triton_conv._S2DPlan) for pl in triton_conv._plans.values()) == 1
+        assert directs[2:] == [3, 3] and [getattr(pl, "kind", None) for pl in triton_conv._plans.values()].count("s2d") == 1
     else:
-        assert directs[2:] == [2, 2] and not any(isinstance(pl, triton_conv._S2DPlan) for pl in triton_conv._plans.values())
+        assert directs[2:] == [2, 2] and "s2d" not in [getattr(pl, "kind", None) for pl in triton_conv._plans.values()]
     chosen, _ = triton_conv.tuning_state()
     (report,) = [v for key, v in chosen.items() if key.startswith("stem")]
     assert report.startswith("space-to-depth:" if won else "4-channel path:")
