@@ -202,7 +202,7 @@ def bench_conv(args, rows, header, prog):
                     return triton_conv.conv2d_bias_act(xs[i % count], weight_for_op, bias, rs[i % count], [s, s], [p, p],
                                                        [1, 1], 1, relu, batch_split=0)
                 providers.append(("resnet_fast launcher, one launch forced", one_launch))
-            if triton_conv.s2d_fits(c, 1, k, k, [s, s], [1, 1]) and n * oh * oh >= triton_conv.S2D_MIN_M:
+            if triton_conv.s2d_fits(c, oc, 1, k, k, [s, s], [1, 1]) and n * oh * oh >= triton_conv.S2D_MIN_M:
                 # The stem: the launcher times its 4-channel path against space-to-depth; both forced here.
                 for forced, name in ((False, "resnet_fast launcher, 4-channel stem forced"),
                                      (True, "resnet_fast launcher, space-to-depth stem forced")):

@@ -37,8 +37,9 @@ SPECS = {
     "3x3_c256": ("bf16", 3, False, False, False, True, "tf32", 256, 256, 1),
     "1x1_s2_projection": ("bf16", 1, False, False, False, False, "tf32", 256, 512, 1),
     "stem_7x7": ("bf16", 7, True, False, False, True, "tf32", 3, 64, 1),
-    # the same stem space-to-depth (kernels/conv.py s2d_fits): a 4x4 stride-1 conv on 16 channels
-    "stem_s2d_4x4": ("bf16", 4, True, False, False, True, "tf32", 16, 64, 1),
+    # the same stem space-to-depth (kernels/conv.py s2d_fits): a 4x4 stride-1 conv on 16 channels, the
+    # input under the 7x7 kernel's missing taps zeroed in registers (the 13th field: s2d_taps(3, 7, 7))
+    "stem_s2d_4x4": ("bf16", 4, True, False, False, True, "tf32", 16, 64, 1, 1, False, (3, 3)),
     "3x3_grouped_g32": ("bf16", 3, True, False, False, True, "tf32", 128, 128, 32),
     # resnext101_32x8d: 8 channels per group, a kernel row's 3 x 8 in one K step (the row walk)
     "3x3_grouped_8ch": ("bf16", 3, True, False, False, True, "tf32", 256, 256, 32),
@@ -88,7 +89,8 @@ def main_loop(sass: str):
 
 def report(spec, config, arch):
     kernel = K.aot_compile(*spec[:7], config=config, arch=arch, channels=spec[7], out_channels=spec[8], groups=spec[9],
-                           split_k=spec[10] if len(spec) > 10 else 1, serial_split=len(spec) > 11 and spec[11])
+                           split_k=spec[10] if len(spec) > 10 else 1, serial_split=len(spec) > 11 and spec[11],
+                           taps=spec[12] if len(spec) > 12 else None)
     return {"BLOCK": "x".join(str(config.kwargs[k]) for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K")),
             "warps": config.num_warps, "stages": config.num_stages, **kernel_stats(kernel)}
 
@@ -138,14 +140,15 @@ def main(argv=None) -> int:
     for name in names:
         spec = SPECS[name]
         # split specs: every config a split conv can get (M <= 4096 splits; 1024 is layer2 at batch 1)
-        m_bucket = 1024 if len(spec) > 10 else 1 << 20
+        m_bucket = 1024 if len(spec) > 10 and spec[10] > 1 else 1 << 20
         named = {"M_BUCKET": m_bucket, "OCg": spec[8] // spec[9], "Cg": spec[7] // spec[9],
                  "x_ptr": torch.empty(0, dtype=_DTYPES[spec[0]])}
         # The constexprs the launcher passes for such a layer (what the prune reads: EVEN_C, SPLIT_K, ...).
         cg, flat_k = named["Cg"], spec[2]
         pad_c = flat_k and K.pads_channels(cg, spec[9], spec[1], 1)
         walk = K.walk_constexprs(spec[1], spec[1], cg, flat_k, spec[3], pad_c, spec[4], spec[10] if len(spec) > 10 else 1,
-                                 named["x_ptr"].element_size(), len(spec) > 11 and spec[11])
+                                 named["x_ptr"].element_size(), len(spec) > 11 and spec[11],
+                                 spec[12] if len(spec) > 12 else None)
         configs = K._prune(K._configs(), named, **walk)
         rows = results[name] = [report(spec, cfg, args.arch) for cfg in configs]
         cols = list(rows[0])

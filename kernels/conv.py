@@ -151,6 +151,8 @@ def _prune(configs, named_args, **kwargs):
 
     def wanted(c):
         bm, bn, bk = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]
+        if row64 and bk != 64:
+            return False
         if c.num_stages * (bm + bn) * bk * element_size > _SHARED_MEMORY_BYTES:
             return False  # fp32: the pipeline's A and B buffers alone exceed shared memory
         if element_size == 4 and bm >= 128 and c.num_warps == 4 and c.num_stages > 2:
@@ -184,6 +186,8 @@ def _prune(configs, named_args, **kwargs):
         and c.kwargs["BLOCK_N"] <= max(16, triton.next_power_of_2(ocg))
     ]
     # Every kept config is compiled on first use (per specialisation): keep the list short.
+    if not kept and row64:  # (the row walk of 64 needs a 64-deep step: the space-to-depth stem's masks are there)
+        return [c for c in configs if c.kwargs["BLOCK_K"] == 64][-1:]
     return kept or configs[-1:]
 
 
@@ -238,7 +242,8 @@ def _conv2d_bias_act_kernel(
     KH: tl.constexpr, KW: tl.constexpr,
     FLAT_K: tl.constexpr, FLAT_CG: tl.constexpr, PAD_C: tl.constexpr, EVEN_C: tl.constexpr, GEMM_1X1: tl.constexpr,
     HAS_RESIDUAL: tl.constexpr, EARLY_RESIDUAL: tl.constexpr, RELU: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-    INDEX_64: tl.constexpr, SPLIT_K: tl.constexpr, SERIAL_SPLIT: tl.constexpr,
+    INDEX_64: tl.constexpr, SPLIT_K: tl.constexpr, SERIAL_SPLIT: tl.constexpr, S2D_C: tl.constexpr,
+    S2D_TAIL: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     # Whole channel blocks of this depth (EVEN_C: 128 or 64 channels per group divide it): no channel mask.
@@ -287,6 +292,7 @@ def _conv2d_bias_act_kernel(
     # stem: 7 x 4 = 28 of 32, its 3 channels padded to 4): the row walk below.
     ROW_WALK: tl.constexpr = FLAT_K and KW * FLAT_CG <= BLOCK_K and (PAD_C or 2 * KW * FLAT_CG > BLOCK_K)
     tl.static_assert(ROW_WALK or not PAD_C, "channel-padded input needs the row walk")
+    tl.static_assert(ROW_WALK or S2D_C == 0, "the space-to-depth stem's tap masks are in the row walk")
     if GEMM_1X1:
         k_steps = tl.cdiv(Cg, BLOCK_K)
     elif ROW_WALK:
@@ -384,6 +390,20 @@ def _conv2d_bias_act_kernel(
                 dh = kh * dil_h
                 ih_ok = (ih0_rows + dh).to(tl.uint32) < H.to(tl.uint32)
                 a = tl.load(x_ptr + a_offs + dh * sxh, mask=ih_ok[:, None] & iw_ok, other=0.0)
+                if S2D_C > 0:
+                    # The space-to-depth stem (S2D_C channels per quadrant (dh, dw) of a rearranged
+                    # pixel): a 7-wide kernel leaves the last kernel column's dw = 1 quadrants (bit 2
+                    # of S2D_TAIL) and the last row's dh = 1 quadrants (bit 1) outside the real
+                    # kernel. Their weights are zero, but 0 x NaN or 0 x inf is NaN: zeroed in
+                    # registers (the copies stay 16-byte asynchronous ones), so that a non-finite
+                    # input reaches exactly the outputs it reaches in the 7x7 conv.
+                    q_j = c_j // S2D_C
+                    keep = q_j >= 0
+                    if S2D_TAIL % 2 == 1:
+                        keep = keep & ((kh != KH - 1) | (q_j < 2))
+                    if S2D_TAIL >= 2:
+                        keep = keep & ((kw_j != KW - 1) | (q_j % 2 == 0))
+                    a = tl.where(keep[None, :], a, 0.0)
                 b = tl.load(w_ptr + oc[None, :] + (kh * b_row_step + b_rows)[:, None] * OC, mask=b_mask, other=0.0)
                 acc = tl.dot(_tf32_operand(a, INPUT_PRECISION), _tf32_operand(b, INPUT_PRECISION), acc,
                              input_precision=INPUT_PRECISION)
@@ -542,10 +562,12 @@ def early_residual(residual: bool, split_k: int, kh: int, kw: int, cg: int, elem
 
 
 def walk_constexprs(kh: int, kw: int, cg: int, flat_k: bool, gemm_1x1: bool, pad_c: bool, residual: bool,
-                    split_k: int, element_size: int, serial_split: bool = False) -> dict:
+                    split_k: int, element_size: int, serial_split: bool = False, taps=None) -> dict:
     """The kernel's K-walk and epilogue specialisation for one conv (the launcher's and
-    ``aot_compile``'s: the code compiled offline is the code a GPU runs)."""
+    ``aot_compile``'s: the code compiled offline is the code a GPU runs). ``taps``: a space-to-depth
+    stem's (channels per quadrant, tail bits), see ``s2d_taps``."""
     return dict(
+        S2D_C=taps[0] if taps else 0, S2D_TAIL=taps[1] if taps else 0,
         KH=kh, KW=kw, FLAT_K=flat_k, FLAT_CG=(_PADDED_CHANNELS if pad_c else cg) if flat_k else 1, PAD_C=pad_c,
         EVEN_C=even_c(cg, flat_k), GEMM_1X1=gemm_1x1, HAS_RESIDUAL=residual,
         EARLY_RESIDUAL=early_residual(residual, split_k, kh, kw, cg, element_size), SPLIT_K=split_k,
@@ -587,10 +609,12 @@ _s2d_choice = {}
 _s2d_report = {}
 
 
-def s2d_fits(cg: int, groups: int, kh: int, kw: int, stride, dilation) -> bool:
-    """Whether the conv can run space-to-depth: a stem (at most 4 channels, one group), stride 2,
-    undilated, a 7x7 or 8x8 kernel (4x4 after the rearrangement: one 64-deep K step per kernel row)."""
-    return (groups == 1 and cg <= 4 and list(stride) == [2, 2] and list(dilation) == [1, 1]
+def s2d_fits(cg: int, ocg: int, groups: int, kh: int, kw: int, stride, dilation) -> bool:
+    """Whether the conv can run space-to-depth: a stem (at most 4 channels, one group, 64 output
+    channels or more), stride 2, undilated, a 7x7 or 8x8 kernel (4x4 after the rearrangement: one
+    64-deep K step per kernel row, the row walk, which is where the kernel zeroes the input under a
+    7-wide kernel's missing taps; narrower outputs would get the flat walk's narrow tiles)."""
+    return (groups == 1 and cg <= 4 and ocg >= 64 and list(stride) == [2, 2] and list(dilation) == [1, 1]
             and kh in (7, 8) and kw in (7, 8))
 
 
@@ -691,12 +715,20 @@ def _s2d_weight(weight: torch.Tensor, ks_h: int, ks_w: int) -> torch.Tensor:
     return y
 
 
+def s2d_taps(c: int, kh: int, kw: int) -> tuple:
+    """What the rearranged conv's kernel must know to zero the input under the taps past an odd
+    kernel (``S2D_C``, ``S2D_TAIL``): the channels per quadrant, and bit 1 for an odd height (the last
+    kernel row's dh = 1 quadrants), bit 2 for an odd width (the last column's dw = 1 quadrants)."""
+    return (c, (kh % 2) | ((kw % 2) << 1))
+
+
 def _s2d_conv(x, weight, bias, residual, padding, relu, y) -> None:
     """The stem as a stride-1 conv on its space-to-depth input: y = relu?(conv(x, w) + bias + residual)."""
-    oc, _, kh, kw = weight.shape
+    oc, c, kh, kw = weight.shape
     ks_h, ks_w = (kh + 1) // 2, (kw + 1) // 2
     xs = _space_to_depth(x, y.shape[2] + ks_h - 1, y.shape[3] + ks_w - 1, padding)
-    conv2d_bias_act(xs, _s2d_weight(weight, ks_h, ks_w), bias, residual, [1, 1], [0, 0], [1, 1], 1, relu, out=y)
+    conv2d_bias_act(xs, _s2d_weight(weight, ks_h, ks_w), bias, residual, [1, 1], [0, 0], [1, 1], 1, relu, out=y,
+                    taps=s2d_taps(c, kh, kw))
 
 
 _compile_pool = None
@@ -838,6 +870,7 @@ def conv2d_bias_act(
     batch_split: Optional[int] = None,
     part: bool = False,
     s2d: Optional[bool] = None,
+    taps: Optional[tuple] = None,
 ) -> torch.Tensor:
     """Host launcher; shapes were checked by the op. Returns a channels_last tensor in x's dtype.
 
@@ -852,7 +885,8 @@ def conv2d_bias_act(
     runs where it timed faster. ``part`` marks such a launch (internal): it is never split again,
     and tunes for its exact M. ``s2d`` forces (True) or forbids (False) the space-to-depth stem
     (``s2d_fits``); by default it runs where it timed faster than the 4-channel path (M of
-    ``S2D_MIN_M`` or more).
+    ``S2D_MIN_M`` or more). ``taps`` (internal) marks the rearranged conv of such a stem
+    (``s2d_taps``).
     """
     global launch_count
     if batch_split is not None:
@@ -863,18 +897,19 @@ def conv2d_bias_act(
             raise ValueError("batch_split: two launches cannot also force index_64, split_k, serial_split or tma "
                              "(each launch chooses its own)")
     if s2d:
-        if not s2d_fits(weight.shape[1], groups, weight.shape[2], weight.shape[3], stride, dilation):
-            raise ValueError("s2d=True: only a stem conv runs space-to-depth (at most 4 channels, one group, a 7x7 "
-                             f"or 8x8 kernel, stride 2, no dilation), got weight {tuple(weight.shape)}, stride "
+        if not s2d_fits(weight.shape[1], weight.shape[0] // groups, groups, weight.shape[2], weight.shape[3], stride,
+                        dilation):
+            raise ValueError("s2d=True: only a stem conv runs space-to-depth (at most 4 channels, one group, 64 output "
+                             f"channels or more, a 7x7 or 8x8 kernel, stride 2, no dilation), got weight {tuple(weight.shape)}, stride "
                              f"{list(stride)}, dilation {list(dilation)}, groups {groups}")
         if not (index_64 is None and split_k is None and serial_split is None and tma is None and not batch_split):
             raise ValueError("s2d=True cannot also force index_64, split_k, serial_split, tma or batch_split "
                              "(its stride-1 conv chooses its own)")
     plan_key = None
     if (direct.ENABLED and _direct_ok(x) and index_64 is None and split_k is None and serial_split is None
-            and not batch_split and not s2d):
+            and not batch_split):
         plan_key = _plan_key(x, weight, bias, residual, out, stride, padding, dilation, groups, relu, tma,
-                             "part" if part else batch_split, s2d)
+                             "part" if part else batch_split, (s2d, taps))
         y = _run_plan(plan_key, x, weight, bias, residual, out)
         if y is not None:
             return y
@@ -915,7 +950,7 @@ def conv2d_bias_act(
     conv = (stride, padding, dilation, groups, relu)
     if (s2d is None and _s2d_auto and n * oh * ow >= S2D_MIN_M and index_64 is None and split_k is None
             and serial_split is None and tma is None and batch_split is None and not part
-            and s2d_fits(cg, groups, kh, kw, stride, dilation)):
+            and s2d_fits(cg, ocg, groups, kh, kw, stride, dilation)):
         # The stem: its 4-channel path, or space-to-depth (a stride-1 conv on 16 channels), whichever
         # timed faster on the layer shape's first call.
         s2d_key = (x.device, tuple(x.shape), tuple(x.stride()), tuple(weight.shape), tuple(stride), tuple(padding),
@@ -1013,7 +1048,7 @@ def conv2d_bias_act(
     )
     constexprs = dict(
         walk_constexprs(kh, kw, cg, flat_k, gemm_1x1, pad_c, residual is not None, split_k, x.element_size(),
-                        serial),
+                        serial, taps),
         RELU=relu, INPUT_PRECISION=precision,
         INDEX_64=index_64 if index_64 is not None else needs_index_64(x, weight, y, split_k),
     )
@@ -1484,7 +1519,7 @@ def choose_split_k(m: int, ocg: int, groups: int, cg: int, kh: int, kw: int, fla
 def aot_compile(dtype: str, kernel: int, flat_k: bool, gemm_1x1: bool, residual: bool, relu: bool,
                 precision: str, config: triton.Config, arch: int = 90, channels: int = 64,
                 out_channels: int = 64, groups: int = 1, index_64: bool = False, split_k: int = 1,
-                serial_split: bool = False):
+                serial_split: bool = False, taps=None):
     """Compile one specialisation for an NVIDIA target without a GPU (ptxas ships with Triton):
     the CPU-side check that the kernel still builds for real hardware, and what the SASS reports
     read (benchmarks/sass_report.py). Needs TRITON_INTERPRET unset.
@@ -1507,7 +1542,7 @@ def aot_compile(dtype: str, kernel: int, flat_k: bool, gemm_1x1: bool, residual:
                    swc=out_channels, swh=kernel * cg * out_channels, sww=cg * out_channels,
                    stride_h=1, stride_w=1, pad_h=kernel // 2, pad_w=kernel // 2, dil_h=1, dil_w=1)
     constexprs = dict(walk_constexprs(kernel, kernel, cg, flat_k, gemm_1x1, pad_c, residual, split_k,
-                                      4 if dtype == "fp32" else 2, serial_split),
+                                      4 if dtype == "fp32" else 2, serial_split, taps),
                       RELU=relu, INPUT_PRECISION=precision, INDEX_64=index_64, **config.kwargs)
     signature, attrs = {}, {}
     for i, name in enumerate(jit_fn.arg_names):

@@ -409,7 +409,7 @@ def test_stem_path_decided_by_timing_then_launched_directly(interpreted_direct, 
     conv, all launched directly; the 4-channel path as the pad kernel and the conv. Right every time,
     in place too."""
     triton_conv, direct = interpreted_direct
-    c, oc, k, s, p, n, h, w = 3, 16, 7, 2, 3, 2, 11, 9
+    c, oc, k, s, p, n, h, w = 3, 64, 7, 2, 3, 2, 11, 9
     monkeypatch.setattr(triton_conv, "_s2d_auto", True)
     monkeypatch.setattr(triton_conv, "S2D_MIN_M", 0)
     directs, counts = _timed_then_planned(interpreted_direct, monkeypatch, (c, oc, k, s, p, n, h, w), won, in_place)
@@ -425,6 +425,44 @@ def test_stem_path_decided_by_timing_then_launched_directly(interpreted_direct, 
 
 
 @pytest.mark.interpreter
+@pytest.mark.parametrize("relu", [True, False])
+def test_each_stem_path_keeps_its_own_plan(interpreted_direct, monkeypatch, relu):
+    """Once the timing kept space-to-depth, the automatic calls run it (through its plan), and calls
+    that force either path run that path, each through its own plan; with and without the ReLU."""
+    triton_conv, direct = interpreted_direct
+    monkeypatch.setattr(triton_conv, "_s2d_auto", True)
+    monkeypatch.setattr(triton_conv, "S2D_MIN_M", 0)
+    timings = iter([2.0, 1.0])  # space-to-depth wins
+    monkeypatch.setattr(triton_conv, "_quick_bench", lambda fn, quantiles=None: (fn(), next(timings))[1])
+    runs = []
+    s2d_conv = triton_conv._s2d_conv
+    monkeypatch.setattr(triton_conv, "_s2d_conv", lambda *args: (runs.append(1), s2d_conv(*args))[1])
+    x, weight, bias, _, _ = _inputs(3, 64, 7, 2, 3, 2, 11, 9, False, seed=6)
+    ref = F.conv2d(x.double(), weight.double(), bias.double(), 2, 3)
+    ref = ref.relu() if relu else ref
+    for way, uses_s2d in [(None, True)] * 3 + [(False, False)] * 3 + [(True, True)] * 3 + [(None, True)]:
+        before = len(runs)
+        y = triton_conv.conv2d_bias_act(x, weight, bias, None, [2, 2], [3, 3], [1, 1], 1, relu, s2d=way)
+        assert rel_err(y, ref) < 1e-5, way
+        assert (len(runs) > before) == uses_s2d, way
+    kinds = [getattr(plan, "kind", None) for plan in triton_conv._plans.values()]
+    assert kinds.count("s2d") == 2  # the automatic calls' plan and the forced ones'
+
+
+@pytest.mark.interpreter
+def test_a_small_kernels_plan_is_kept_per_pointer_alignment(interpreted_direct):
+    # Triton compiles a kernel per 16-byte alignment of its pointers: an x one element off a 16-byte
+    # boundary must not take the aligned call's direct launch.
+    triton_conv, direct = interpreted_direct
+    base = torch.randn(2 * 3 * 9 * 11 + 1)
+    for offset in (0, 1, 0, 1):
+        x = base[offset:offset + 2 * 3 * 9 * 11].view(2, 9, 11, 3).permute(0, 3, 1, 2)
+        y = triton_conv._pad_channels(x)
+        assert torch.equal(y[:, :3], x) and not y[:, 3].any()
+    assert len(triton_conv._small_plans) == 2
+
+
+@pytest.mark.interpreter
 def test_a_space_to_depth_stem_that_fails_falls_back_to_four_channels(interpreted_direct, monkeypatch):
     triton_conv, direct = interpreted_direct
     monkeypatch.setattr(triton_conv, "_s2d_auto", True)
@@ -435,7 +473,7 @@ def test_a_space_to_depth_stem_that_fails_falls_back_to_four_channels(interprete
         raise RuntimeError("made-up failure")
 
     monkeypatch.setattr(triton_conv, "_s2d_conv", broken)
-    x, weight, bias, res, ref = _inputs(3, 16, 7, 2, 3, 2, 11, 9, True, seed=5)
+    x, weight, bias, res, ref = _inputs(3, 64, 7, 2, 3, 2, 11, 9, True, seed=5)
     with pytest.warns(UserWarning, match="space-to-depth stem failed"):
         y = triton_conv.conv2d_bias_act(x, weight, bias, res, [2, 2], [3, 3], [1, 1], 1, True, out=res)
     assert y.data_ptr() == res.data_ptr() and rel_err(y, ref) < 1e-5

@@ -71,6 +71,9 @@ LOOP_CEILING = {
     # 270 instructions), the K loop is the split8 spec's
     "3x3_c512_batch1_split8_serial": 300, "1x1_c2048_batch1_split8_serial": 300, "1x1_c1024_batch1_split4_serial": 300,
     "3x3_fp32_tf32": 700, "conv3_1x1_residual_fp32_tf32": 600, "3x3_grouped_widened": 160,
+    # the space-to-depth stem: a K step is one kernel row of 4 x 16 channels, its input zeroed in
+    # registers under the 7x7 kernel's missing taps (session 11, Triton 3.6: 256-396)
+    "stem_s2d_4x4": 460,
 }
 # Specs whose K loop has a constant trip count and compiles to straight-line code (the stem: one K
 # step per kernel row, 7 rows): a ceiling on the whole kernel instead. Session 4: 1072 / 1216
@@ -78,8 +81,7 @@ LOOP_CEILING = {
 # before it ran 7 times, ~1600 instructions per tile.
 # Session 9, (n, oh, ow) from two unsigned divisions: 1008-1040 / 1176-1184.
 # ResNeXt 8 channels per group (3 kernel rows, aligned 16-byte runs): 608 / 616.
-# The space-to-depth stem (4 kernel rows of 64, session 11, Triton 3.6): 872-1296.
-UNROLLED_CEILING = {"stem_7x7": 1400, "3x3_grouped_8ch": 720, "stem_s2d_4x4": 1500}
+UNROLLED_CEILING = {"stem_7x7": 1400, "3x3_grouped_8ch": 720}
 
 
 def _env():
@@ -139,7 +141,7 @@ def test_kernel_sass_for_sm90_every_kept_config(tmp_path):
             if name == "stem_s2d_4x4":
                 # 16 channels a pixel, 16-byte aligned: every asynchronous copy (A and B) 16 bytes wide.
                 wide = int(row["128-bit loads"].split("/")[0])
-                assert row["LDGSTS"] >= 32 and wide >= row["LDGSTS"], "space-to-depth stem not in 16-byte copies: " + where
+                assert row["LDGSTS"] >= 16 and wide >= row["LDGSTS"], "space-to-depth stem not in 16-byte copies: " + where
         if gemm_1x1 and len(report["specs"][name]) <= 10:  # batch 256 (the split specs are batch 1)
             assert any(int(r["BLOCK"].split("x")[0]) >= 128 for r in rows), name
 

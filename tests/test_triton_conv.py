@@ -7,6 +7,9 @@ import functools
 import itertools
 import os
 
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -307,8 +310,8 @@ def test_tma_kernel_in_place_epilogue():
 # Stems for the space-to-depth path: (name, channels, out channels, kernel, padding, n, h, w). Odd and
 # even sizes (the rearranged input's last row/column half outside x), 1-4 channels, the 8x8 kernel
 # (no zero tap row), a padding other than 3.
-S2D_STEMS = [("rgb_7x7_odd", 3, 24, 7, 3, 2, 13, 11), ("rgb_7x7_even", 3, 64, 7, 3, 1, 16, 18),
-             ("gray_8x8", 1, 16, 8, 2, 2, 9, 10), ("rgba_7x7_pad1", 4, 8, 7, 1, 1, 15, 12)]
+S2D_STEMS = [("rgb_7x7_odd", 3, 64, 7, 3, 2, 13, 11), ("rgb_7x7_even", 3, 96, 7, 3, 1, 16, 18),
+             ("gray_8x8", 1, 64, 8, 2, 2, 9, 10), ("rgba_7x7_pad1", 4, 72, 7, 1, 1, 15, 12)]
 
 
 @pytest.mark.interpreter
@@ -335,15 +338,47 @@ def test_space_to_depth_stem_within_twice_torch_error(stem, dtype, residual, in_
     assert inner and all(cfg["BLOCK_K"] == 64 for cfg in inner)
 
 
+def _s2d_nonfinite_case(device, dtype, value, where, padding, h, w):
+    """A stem case with one non-finite input pixel, through space-to-depth; returns (y, expected), the
+    expected from a direct float64 conv on the CPU."""
+    x, weight, bias, res, conv_args, _ = _case(("stem", 3, 64, 7, 2, padding, 1, 1), dtype, False, True, device=device,
+                                               n=2, h=h, w=w, seed=79)
+    x[0, :, where[0], where[1]] = value
+    from resnet_fast.kernels import conv as triton_conv
+
+    y = triton_conv.conv2d_bias_act(x, to_oc_last(weight), bias, None, [2, 2], [padding, padding], [1, 1], 1, True,
+                                    s2d=True)
+    expected = _torch_same_dtype(x.cpu().double(), weight.cpu().double(), bias.cpu().double(), None, conv_args, True)
+    return y, expected.to(y.device)
+
+
+# (value, pixel, padding, h, w): a NaN inside; an inf in a row and a column that only the 8x8 window
+# past the 7x7 kernel reaches (padding 0, 16x16: outputs read rows 2 oh .. 2 oh + 6, never 15).
+_S2D_NONFINITE = [(float("nan"), (3, 4), 3, 13, 11), (float("inf"), (15, 5), 0, 16, 16),
+                  (float("-inf"), (6, 15), 0, 16, 16)]
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("value,where,padding,h,w", _S2D_NONFINITE)
+def test_space_to_depth_stem_spreads_nan_and_inf_like_torch(value, where, padding, h, w):
+    """The taps past the 7x7 kernel have zero weights, but 0 x NaN and 0 x inf are NaN: the kernel
+    zeroes their input, so a non-finite pixel reaches exactly the outputs it reaches in torch."""
+    y, expected = _s2d_nonfinite_case("cpu", torch.float32, value, where, padding, h, w)
+    assert torch.isnan(expected).any() == (padding == 3)  # the infs lie outside every real window
+    assert torch.equal(torch.isnan(y), torch.isnan(expected)) and torch.equal(torch.isinf(y), torch.isinf(expected))
+
+
 def test_space_to_depth_only_for_stems():
     from resnet_fast.kernels import conv as triton_conv
 
     fits = triton_conv.s2d_fits
-    assert fits(3, 1, 7, 7, [2, 2], [1, 1]) and fits(1, 1, 8, 8, (2, 2), (1, 1)) and fits(4, 1, 7, 8, [2, 2], [1, 1])
-    assert not fits(8, 1, 7, 7, [2, 2], [1, 1])  # 8 channels: 32 after the rearrangement
-    assert not fits(3, 3, 7, 7, [2, 2], [1, 1]) and not fits(3, 1, 7, 7, [1, 1], [1, 1])
-    assert not fits(3, 1, 7, 7, [2, 2], [2, 2]) and not fits(3, 1, 5, 5, [2, 2], [1, 1])
-    assert not fits(3, 1, 3, 3, [2, 2], [1, 1])
+    assert fits(3, 64, 1, 7, 7, [2, 2], [1, 1]) and fits(1, 64, 1, 8, 8, (2, 2), (1, 1))
+    assert fits(4, 96, 1, 7, 8, [2, 2], [1, 1])
+    assert not fits(8, 64, 1, 7, 7, [2, 2], [1, 1])  # 8 channels: 32 after the rearrangement
+    assert not fits(3, 32, 1, 7, 7, [2, 2], [1, 1])  # narrow outputs: the flat walk's narrow tiles
+    assert not fits(3, 64, 3, 7, 7, [2, 2], [1, 1]) and not fits(3, 64, 1, 7, 7, [1, 1], [1, 1])
+    assert not fits(3, 64, 1, 7, 7, [2, 2], [2, 2]) and not fits(3, 64, 1, 5, 5, [2, 2], [1, 1])
+    assert not fits(3, 64, 1, 3, 3, [2, 2], [1, 1])
 
 
 @pytest.mark.interpreter
@@ -378,6 +413,20 @@ def test_tma_kernel_one_tile_per_program_and_persistent(per_sm, in_place):
     T.launch(x, to_oc_last(weight), bias, y if in_place else res, y, True, config)
     torch_err = rel_err(_torch_same_dtype(x, weight, bias, res, conv_args, True), ref)
     assert rel_err(y, ref) <= 2 * torch_err + 1e-6
+
+
+def test_tma_persistent_configs_can_be_turned_off():
+    # What gpu_suite's canary gate sets when a persistent config fails on the GPU (read at import;
+    # outside the interpreter, whose one config is persistent on purpose).
+    script = ("from resnet_fast.kernels import conv1x1_tma as T; c = T.tma_configs(); "
+              "print(len(c), sum(1 for x in c if x.kwargs['PER_SM']))")
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "RESNET_FAST_AUTOTUNE")}
+    counts = {}
+    for value in ("1", "0"):
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                             env={**env, "RESNET_FAST_TMA_PERSISTENT": value}, check=True).stdout.split()
+        counts[value] = tuple(map(int, out))
+    assert counts["1"][1] == 4 and counts["0"] == (counts["1"][0] - 4, 0)
 
 
 def test_tma_programs_per_launch():
@@ -855,6 +904,14 @@ def test_gpu_relu_keeps_nan_like_torch(path, dtype):
             pytest.skip("no TMA on this GPU")
     y, expected = _relu_nan_case(path, dtype, "cuda")
     assert torch.equal(torch.isnan(y), torch.isnan(expected))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("value,where,padding,h,w", _S2D_NONFINITE)
+def test_gpu_space_to_depth_stem_spreads_nan_and_inf_like_torch(dtype, value, where, padding, h, w):
+    y, expected = _s2d_nonfinite_case("cuda", dtype, value, where, padding, h, w)
+    assert torch.equal(torch.isnan(y), torch.isnan(expected)) and torch.equal(torch.isinf(y), torch.isinf(expected))
 
 
 # Batch-1 ResNet-50 convs that split (choose_split_k on 132 SMs): layer4 3x3 and 2048->512, layer3 3x3.
