@@ -909,7 +909,7 @@ def conv2d_bias_act(
     if (direct.ENABLED and _direct_ok(x) and index_64 is None and split_k is None and serial_split is None
             and not batch_split):
         plan_key = _plan_key(x, weight, bias, residual, out, stride, padding, dilation, groups, relu, tma,
-                             "part" if part else batch_split, (s2d, taps))
+                             "part" if part else batch_split, s2d, taps)
         y = _run_plan(plan_key, x, weight, bias, residual, out)
         if y is not None:
             return y
@@ -1134,7 +1134,7 @@ _MAX_PLANS = 4096
 
 
 def _plan_key(x, weight, bias, residual, out, stride, padding, dilation, groups, relu, tma=None, split=None,
-              s2d=None):
+              s2d=None, taps=None):
     """Everything a launch of this conv depends on, or None (no direct launch: a pointer that is not
     16-byte aligned, which Triton would compile another specialisation for)."""
     ptrs = x.data_ptr() | weight.data_ptr() | bias.data_ptr()
@@ -1154,7 +1154,7 @@ def _plan_key(x, weight, bias, residual, out, stride, padding, dilation, groups,
     return (x.shape, x.stride(), x.dtype, x.device, weight.shape, weight.stride(), weight.dtype,
             weight.device, bias.shape, bias.stride(), bias.dtype, bias.device, extra,
             tuple(stride), tuple(padding), tuple(dilation), groups, relu, tf32, _tma_auto, tma, split, _split_auto,
-            s2d, _s2d_auto)
+            s2d, taps, _s2d_auto)
 
 
 def _direct_ok(x: torch.Tensor) -> bool:

@@ -545,16 +545,31 @@ def planned_op(interpreted_direct, monkeypatch):
 
 @pytest.mark.interpreter
 def test_the_op_body_takes_a_plan_before_its_checks_and_stays_right(planned_op):
+    from resnet_fast import ops
+
     impl, inplace_impl, direct = planned_op
-    directs = []
+    directs, hits = [], []
     for seed in range(4):
         x, weight, bias, res, ref = _inputs(40, 48, 1, 1, 0, 2, 9, 7, True, seed=seed)
         before = direct.launch_count
+        if ops._run_planned is not None and not hasattr(ops._run_planned, "hits"):
+            planned = ops._run_planned
+
+            def counting(*args, **kwargs):
+                y = planned(*args, **kwargs)
+                hits.append(y is not None)
+                return y
+
+            counting.hits = True
+            ops._run_planned = counting
         assert rel_err(impl(x, weight, bias, res, [1, 1], [0, 0], [1, 1], 1, True), ref) < 1e-5
         inplace_impl(res, x, weight, bias, [1, 1], [0, 0], [1, 1], 1, True)
         assert rel_err(res, ref) < 1e-5
         directs.append(direct.launch_count - before)
     assert directs == [0, 1, 2, 2]  # (the in-place call's first is the functional call's second shape)
+    # The functional op's calls 3 and 4 took their plan in the op body itself (run_planned), before
+    # its checks: its key must be the one the launcher stored the plan under.
+    assert hits == [False, True, True, True, True], hits
 
 
 @pytest.mark.interpreter
