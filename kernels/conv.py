@@ -953,13 +953,10 @@ def conv2d_bias_act(
             and s2d_fits(cg, ocg, groups, kh, kw, stride, dilation)):
         # The stem: its 4-channel path, or space-to-depth (a stride-1 conv on 16 channels), whichever
         # timed faster on the layer shape's first call.
-        s2d_key = (x.device, tuple(x.shape), tuple(x.stride()), tuple(weight.shape), tuple(stride), tuple(padding),
-                   residual is not None, relu, x.dtype, x.dtype == torch.float32 and x.is_cuda and cudnn_conv_allows_tf32())
+        s2d_key = _layer_key(x, weight, residual, *conv) + (tuple(x.stride()),)
         s2d = _s2d_choice.get(s2d_key)
         if s2d is None:
-            if _capturing(x):
-                raise _not_tuned(x, weight)
-            r = residual.clone() if residual is not None and _same_storage(residual, y) else residual
+            r = _timing_residual(x, weight, residual, y)
             counted = launch_count
             won, timed = _timed_choice(
                 lambda: conv2d_bias_act(x, weight, bias, r, *conv, out=y, s2d=False),
@@ -983,16 +980,10 @@ def conv2d_bias_act(
         # first fills whole waves of big tiles. Decided by timing on the layer shape's first call.
         n1 = wave_split(n, oh * ow, ocg, kh * kw * cg, groups, _sm_count(x.device))
         if n1:
-            split_key = (x.device, tuple(x.shape), tuple(weight.shape), tuple(stride), tuple(padding), tuple(dilation),
-                         residual is not None, relu, x.dtype,
-                         x.dtype == torch.float32 and x.is_cuda and cudnn_conv_allows_tf32())
+            split_key = _layer_key(x, weight, residual, *conv)
             batch_split = _split_choice.get(split_key)
             if batch_split is None:
-                if _capturing(x):
-                    raise _not_tuned(x, weight)
-                r = residual
-                if r is not None and _same_storage(r, y):
-                    r = r.clone()  # in place: the timing runs would add the residual again and again
+                r = _timing_residual(x, weight, residual, y)
                 counted = launch_count
                 won = _split_choice[split_key] = _decide_wave_split(
                     lambda: conv2d_bias_act(x, weight, bias, r, *conv, out=y, batch_split=0),
@@ -1408,6 +1399,21 @@ def _timed_choice(default, alternative, what, fallback, disable, margin, bench=N
         return False, f"failed ({type(e).__name__}: {e})"[:300]
     won = t_alternative < margin * t_default
     return won, f"{t_alternative:.4g} ms against {t_default:.4g} ms"
+
+
+def _layer_key(x, weight, residual, stride, padding, dilation, groups, relu) -> tuple:
+    """A layer shape's key for the launcher's first-call decisions (wave split, stem path)."""
+    return (x.device, tuple(x.shape), tuple(weight.shape), tuple(stride), tuple(padding), tuple(dilation),
+            residual is not None, relu, x.dtype, x.dtype == torch.float32 and x.is_cuda and cudnn_conv_allows_tf32())
+
+
+def _timing_residual(x, weight, residual, y):
+    """The residual a first-call decision's timing runs read: a copy where the call is in place (out is
+    the residual), or each run would add it again. Timing synchronises the device: never during CUDA
+    graph capture."""
+    if _capturing(x):
+        raise _not_tuned(x, weight)
+    return residual.clone() if residual is not None and _same_storage(residual, y) else residual
 
 
 def _no_more_splits():
