@@ -186,30 +186,26 @@ def bench_conv(args, rows, header, prog):
             from resnet_fast.kernels import conv as triton_conv
             from resnet_fast.kernels import conv1x1_tma
 
+            def launcher_row(name, **forced):
+                """A diagnostic row: the launcher with one of its automatic choices forced."""
+                def fn(i):
+                    return triton_conv.conv2d_bias_act(xs[i % count], weight_for_op, bias, rs[i % count], [s, s], [p, p],
+                                                       [1, 1], 1, relu, **forced)
+                providers.append((name, fn))
+
             if k == 1 and s == 1 and dtype != torch.float32 and conv1x1_tma.available(x):
-                # Diagnostic rows: the launcher with each 1x1 kernel forced, beside the automatic choice
-                # (which kernel wins the tuning timing can differ from run to run).
-                for forced, name in ((False, "resnet_fast launcher, general kernel forced"),
-                                     (True, "resnet_fast launcher, TMA kernel forced")):
-                    def forced_fn(i, forced=forced):
-                        return triton_conv.conv2d_bias_act(xs[i % count], weight_for_op, bias, rs[i % count], [1, 1],
-                                                           [0, 0], [1, 1], 1, relu, tma=forced)
-                    providers.append((name, forced_fn))
+                # Each 1x1 kernel forced, beside the automatic choice (which kernel wins the tuning
+                # timing can differ from run to run).
+                launcher_row("resnet_fast launcher, general kernel forced", tma=False)
+                launcher_row("resnet_fast launcher, TMA kernel forced", tma=True)
             if triton_conv.wave_split(n, oh * oh, oc, c * k * k, 1, triton_conv._sm_count(x.device)):
                 # A shape the launcher may run as two launches (kernels/conv.py wave_split): one launch
                 # beside it, whichever the timing on the first call kept.
-                def one_launch(i):
-                    return triton_conv.conv2d_bias_act(xs[i % count], weight_for_op, bias, rs[i % count], [s, s], [p, p],
-                                                       [1, 1], 1, relu, batch_split=0)
-                providers.append(("resnet_fast launcher, one launch forced", one_launch))
+                launcher_row("resnet_fast launcher, one launch forced", batch_split=0)
             if triton_conv.s2d_fits(c, oc, 1, k, k, [s, s], [1, 1]) and n * oh * oh >= triton_conv.S2D_MIN_M:
                 # The stem: the launcher times its 4-channel path against space-to-depth; both forced here.
-                for forced, name in ((False, "resnet_fast launcher, 4-channel stem forced"),
-                                     (True, "resnet_fast launcher, space-to-depth stem forced")):
-                    def stem_fn(i, forced=forced):
-                        return triton_conv.conv2d_bias_act(xs[i % count], weight_for_op, bias, rs[i % count], [s, s],
-                                                           [p, p], [1, 1], 1, relu, s2d=forced)
-                    providers.append((name, stem_fn))
+                launcher_row("resnet_fast launcher, 4-channel stem forced", s2d=False)
+                launcher_row("resnet_fast launcher, space-to-depth stem forced", s2d=True)
         ref = unfused(0).float()
         shape_name = f"{label} {c}->{oc} k{k} s{s} {h}x{h} n{n}" + (" +res" if res else "")
         # First calls (tuning, errors) for every provider, then the timing rounds, interleaved.
