@@ -25,7 +25,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.device == "cpu":
         os.environ["TRITON_INTERPRET"] = "1"  # before Triton is imported
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:0] = [os.path.join(here, os.pardir), here]
+    import common
     import torch
     import torch.nn.functional as F
 
@@ -68,7 +70,7 @@ def main(argv=None) -> int:
                 T.launch(x, weight, bias, y if in_place else res, y, True, config.all_kwargs())
                 if args.device == "cuda":
                     torch.cuda.synchronize()
-                err = ((y.double().cpu() - ref).norm() / ref.norm()).item()
+                err = common.rel_err(y.cpu(), ref)
                 ok = err <= bound  # NaN (an unwritten tile) fails too
                 name = f"{config_name(config)}{' in place' if in_place else ''}"
                 print(f"{'ok  ' if ok else 'FAIL'} {name}: rel err {err:.2e}", flush=True)
