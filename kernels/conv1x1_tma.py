@@ -52,7 +52,7 @@ def _config(bm, bn, bk, warps, stages, per_sm=0) -> triton.Config:
 
 def hopper_tma_configs() -> List[triton.Config]:
     """What the autotuner chooses from on a GPU. Checked with aot_compile (sm_90, Triton 3.6 and
-    3.8): UTMALDG + HGMMA, no spills, 90-254 registers. Two stages for short K (1-4 steps: more CTAs
+    3.8): UTMALDG + HGMMA, no spills, 90-176 registers. Two stages for short K (1-4 steps: more CTAs
     per SM instead of a deep pipeline). The last four are persistent (``PER_SM`` programs per SM, each
     walking tiles): the next tile's loads overlap this tile's epilogue (residual read, TMA store),
     which is a large share of a tile's time where K is 1-4 steps. Their shared memory (the pipeline
