@@ -47,8 +47,9 @@ def trained_like(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 def build_providers(name, device, dtype, want_compile, compile_mode, example):
     """``{provider: (callable, takes channels_last input)}`` in timing order; each entry's callable is
     built only when it is reached (``_Lazy``): a step cut short by its time limit keeps the rows of
-    every provider timed before it, and torch.compile, the slowest to build, comes last. Compile
-    times land in the returned ``compile_s`` dict as they are measured."""
+    every provider timed before it. torch.compile (only with ``want_compile``) comes last; ``run``
+    times it in a pass of its own. Compile times land in the returned ``compile_s`` dict as they are
+    measured."""
     import torchvision
 
     import resnet_fast
@@ -116,53 +117,18 @@ def run(args) -> int:
     header = common.environment(device)
     header.update({"device": device, "dtype": args.dtype, "benchmark": "bench_model"})
     rows = []
-    prog = common.Progress(len(models) * len(batches), "bench_model")
-    for name in models:
-        for batch in batches:
-            shape = (batch, 3, args.size, args.size)
-            bytes_per = batch * 3 * args.size * args.size * torch.finfo(dtype).bits // 8
-            pool = [torch.randn(shape, device=device, dtype=dtype) for _ in range(common.rotation_count(bytes_per, device))]
-            pool_cl = [x.contiguous(memory_format=torch.channels_last) for x in pool]
-            try:
-                providers, compile_s = build_providers(name, device, dtype, args.compile, args.compile_mode, pool[0])
-            except Exception as e:  # noqa: BLE001 - one failed provider must not lose the whole run
-                print(f"\n{name} batch {batch}: could not build providers: {e}", file=sys.stderr)
-                continue
-            for skipped in args.skip_providers:
-                providers.pop(skipped, None)
-            base = None
-            with torch.inference_mode():
-                reference = providers["torchvision"][0](pool[0]).float()
-                for pname, (model, cl) in providers.items():
-                    inputs = pool_cl if cl else pool
-                    try:
-                        out = model(inputs[0])
-                        err = common.rel_err(out.float(), reference)
-                        timing = common.time_fn(lambda i: model(inputs[i % len(inputs)]), device, iters, warmup, args.budget)
-                        sync_ms = None
-                        if device == "cuda" and batch <= SYNC_LATENCY_UP_TO:
-                            sync_ms = common.sync_latency_ms(lambda i: model(inputs[i % len(inputs)]), iters)
-                    except Exception as e:  # noqa: BLE001
-                        print(f"\n{pname} {name} batch {batch} failed: {type(e).__name__}: {e}", file=sys.stderr)
-                        continue
-                    if pname == "torchvision":
-                        base = timing
-                    rows.append({
-                        "provider": pname, "model": name, "batch_size": batch, "dtype": args.dtype, "device": device,
-                        "median_ms": timing["median_ms"], "p20_ms": timing["p20_ms"], "p80_ms": timing["p80_ms"],
-                        "images_per_s": batch / timing["median_ms"] * 1e3,
-                        "speedup_vs_torchvision": base["median_ms"] / timing["median_ms"] if base else None,
-                        "max_rel_err_vs_torchvision": err,
-                        "compile_s": compile_s.get(pname),
-                        "sync_ms": sync_ms,
-                    })
-                    # Saved after every provider: a run stopped by a time limit keeps what it measured.
-                    common.write_json(args.json, header, rows)
-                    common.write_markdown(args.markdown, heading(header, args), header, rows, COLUMNS)
-            del providers
-            if device == "cuda":
-                torch.cuda.empty_cache()
-            prog.step(f"{name} batch {batch}")
+    bases = {}  # (model, batch) -> torchvision's timing: the baseline of both passes
+    # torch.compile in a pass of its own, after every other provider of every model and batch size: what
+    # it leaves running in the process (inductor's compile workers, its threads) slowed whatever was
+    # timed after it (H100, session 12: the b1 CUDA graph 0.48 -> 1.01 ms, torch.compile's own b1
+    # 1.73 -> 2.99 ms, when a torch.compile came before them).
+    passes = ["eager", "compile"] if args.compile else ["eager"]
+    prog = common.Progress(len(models) * len(batches) * len(passes), "bench_model")
+    for which in passes:
+        for name in models:
+            for batch in batches:
+                time_batch(args, which, name, batch, dtype, iters, warmup, header, rows, bases)
+                prog.step(f"{name} batch {batch}{' torch.compile' if which == 'compile' else ''}")
 
     if device == "cuda":
         try:  # which Triton config each conv shape got: the next tuning round starts from these
@@ -177,6 +143,68 @@ def run(args) -> int:
         plot(rows, args.plot, heading(header, args))
     return 0
 
+
+
+# Rows in this order whatever order they were timed in: per model and batch size, as providers appear here.
+PROVIDER_ORDER = ["torchvision", "torchvision_cl", "resnet_fast", "resnet_fast_torch_backend", "resnet_fast_graph",
+                  "torch_compile"]
+
+
+def time_batch(args, which, name, batch, dtype, iters, warmup, header, rows, bases) -> None:
+    """Time one model at one batch size: pass ``which`` "eager" times every provider but torch.compile,
+    "compile" torch.compile alone (its error still against torchvision's output, its speedup against
+    the eager pass's torchvision timing). Rows are appended, and the JSON and markdown rewritten after
+    each one: a run stopped by a time limit keeps what it measured."""
+    device = args.device
+    models, batches = args.models.split(","), [int(b) for b in args.batch_sizes.split(",")]
+    shape = (batch, 3, args.size, args.size)
+    bytes_per = batch * 3 * args.size * args.size * torch.finfo(dtype).bits // 8
+    torch.manual_seed(batch)  # the same inputs in both passes
+    pool = [torch.randn(shape, device=device, dtype=dtype) for _ in range(common.rotation_count(bytes_per, device))]
+    pool_cl = [x.contiguous(memory_format=torch.channels_last) for x in pool]
+    try:
+        providers, compile_s = build_providers(name, device, dtype, which == "compile", args.compile_mode, pool[0])
+    except Exception as e:  # noqa: BLE001 - one failed provider must not lose the whole run
+        print(f"\n{name} batch {batch}: could not build providers: {e}", file=sys.stderr)
+        return
+    for skipped in args.skip_providers:
+        providers.pop(skipped, None)
+    wanted = [p for p in providers if (p == "torch_compile") == (which == "compile")]
+    with torch.inference_mode():
+        reference = providers["torchvision"][0](pool[0]).float()
+        for pname in wanted:
+            model, cl = providers[pname]
+            inputs = pool_cl if cl else pool
+            try:
+                out = model(inputs[0])
+                err = common.rel_err(out.float(), reference)
+                timing = common.time_fn(lambda i: model(inputs[i % len(inputs)]), device, iters, warmup, args.budget)
+                sync_ms = None
+                if device == "cuda" and batch <= SYNC_LATENCY_UP_TO:
+                    sync_ms = common.sync_latency_ms(lambda i: model(inputs[i % len(inputs)]), iters)
+            except Exception as e:  # noqa: BLE001
+                print(f"\n{pname} {name} batch {batch} failed: {type(e).__name__}: {e}", file=sys.stderr)
+                continue
+            if pname == "torchvision":
+                bases[(name, batch)] = timing
+            base = bases.get((name, batch))
+            rows.append({
+                "provider": pname, "model": name, "batch_size": batch, "dtype": args.dtype, "device": device,
+                "median_ms": timing["median_ms"], "p20_ms": timing["p20_ms"], "p80_ms": timing["p80_ms"],
+                "images_per_s": batch / timing["median_ms"] * 1e3,
+                "speedup_vs_torchvision": base["median_ms"] / timing["median_ms"] if base else None,
+                "max_rel_err_vs_torchvision": err,
+                "compile_s": compile_s.get(pname),
+                "sync_ms": sync_ms,
+                "timed_order": len(rows),
+            })
+            rows.sort(key=lambda r: (models.index(r["model"]), batches.index(r["batch_size"]),
+                                     PROVIDER_ORDER.index(r["provider"])))
+            common.write_json(args.json, header, rows)
+            common.write_markdown(args.markdown, heading(header, args), header, rows, COLUMNS)
+    del providers
+    if device == "cuda":
+        torch.cuda.empty_cache()
 
 def heading(header, args) -> str:
     return (f"bench_model: {header['device_name']}, torch {header['torch']}, triton {header['triton']}, "
