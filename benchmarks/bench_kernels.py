@@ -203,7 +203,7 @@ def bench_conv(args, rows, header, prog):
                 # beside it, whichever the timing on the first call kept.
                 launcher_row("resnet_fast launcher, one launch forced", batch_split=0)
             if triton_conv.s2d_fits(c, oc, 1, k, k, [s, s], [1, 1]) and n * oh * oh >= triton_conv.S2D_MIN_M:
-                # The stem: the launcher times its 4-channel path against space-to-depth; both forced here.
+                # The stem: both paths forced (the launcher runs the 4-channel one unless RESNET_FAST_S2D=1).
                 launcher_row("resnet_fast launcher, 4-channel stem forced", s2d=False)
                 launcher_row("resnet_fast launcher, space-to-depth stem forced", s2d=True)
         ref = unfused(0).float()

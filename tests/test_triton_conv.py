@@ -429,6 +429,19 @@ def test_tma_persistent_configs_can_be_turned_off():
     assert counts["1"][1] == 4 and counts["0"] == (counts["1"][0] - 4, 0)
 
 
+def test_space_to_depth_stem_is_opt_in():
+    # It lost its first GPU timing (H100, session 12): the launcher times it only under RESNET_FAST_S2D=1
+    # (read at import; outside the interpreter, where it is never timed).
+    script = "from resnet_fast.kernels import conv as C; print(C._s2d_auto)"
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "RESNET_FAST_AUTOTUNE", "RESNET_FAST_S2D")}
+    seen = {}
+    for value in (None, "0", "1"):
+        run_env = env if value is None else {**env, "RESNET_FAST_S2D": value}
+        seen[value] = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                                     env=run_env, check=True).stdout.strip()
+    assert seen == {None: "False", "0": "False", "1": "True"}
+
+
 def test_tma_programs_per_launch():
     # One program per tile, or PER_SM per SM and never more than the tiles (CPU tensors count as
     # INTERPRETER_SMS SMs).
