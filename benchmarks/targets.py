@@ -65,8 +65,10 @@ def evaluate(outdir: str) -> List[Tuple[str, str, str, str]]:
     if rows:
         worst = min(rows, key=lambda r: r["fraction_of_peak"])
         note, verdict = _verdict(worst["fraction_of_peak"] >= 0.9, len(rows), planned.get("add_relu", len(rows)))
+        same = worst.get("copy_same_size_gbps")
+        same = f" (a copy of one tensor of that size: {same:.0f} GB/s)" if same else ""
         out.append(("add_relu_bandwidth", target, f"worst {worst['fraction_of_peak']:.0%} ({worst['gbps']:.0f} GB/s at {worst['shape']}), "
-                            f"copy {kernels.get('copy_gbps', 0):.0f} GB/s{note}", verdict))
+                            f"copy {kernels.get('copy_gbps', 0):.0f} GB/s{same}{note}", verdict))
     else:
         out.append(("add_relu_bandwidth", target, "-", "not measured"))
 

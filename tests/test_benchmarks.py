@@ -138,6 +138,7 @@ def test_bench_kernels_smoke(tmp_path):
     data = _bench_kernels_cpu(tmp_path / "k.json", "--only", "add_relu", "--iters", "3", "--budget", "0.5")
     assert data["copy_gbps"] > 0
     assert {r["provider"] for r in data["rows"]} == {"torch add_+relu_", "resnet_fast add_relu_"}
+    assert all(r["copy_same_size_gbps"] > 0 for r in data["rows"])
 
 
 def test_bench_kernels_max_pool_smoke(tmp_path):
@@ -189,7 +190,8 @@ def test_targets_verdicts(tmp_path):
                                                "median_ms": ms, "max_rel_err": err}
     kernels = {"copy_gbps": 3000.0, "rows": [
         {"kernel": "add_relu_", "shape": "a", "provider": "resnet_fast add_relu_", "gbps": 2850.0, "fraction_of_peak": 0.95},
-        {"kernel": "add_relu_", "shape": "b", "provider": "resnet_fast add_relu_", "gbps": 2400.0, "fraction_of_peak": 0.80},
+        {"kernel": "add_relu_", "shape": "b", "provider": "resnet_fast add_relu_", "gbps": 2400.0, "fraction_of_peak": 0.80,
+         "copy_same_size_gbps": 2600.0},
         conv("s1", "torch conv + separate bias/add/relu", 2.0), conv("s1", "resnet_fast fused", 1.0),
         conv("s2", "torch conv + separate bias/add/relu", 1.0), conv("s2", "resnet_fast fused", 1.25, 0.013)]}
     model = {"rows": [
@@ -202,6 +204,7 @@ def test_targets_verdicts(tmp_path):
     (tmp_path / "tests.log").write_text("...\n==== 3 failed, 54 passed in 80.1s ====\n")
     got = _targets(tmp_path)
     assert got["add_relu_bandwidth"][1] == "NOT met" and "80%" in got["add_relu_bandwidth"][0]
+    assert "a copy of one tensor of that size: 2600 GB/s" in got["add_relu_bandwidth"][0]
     assert got["conv_vs_unfused"][1] == "NOT met" and "1/2 shapes" in got["conv_vs_unfused"][0] and "0.80x" in got["conv_vs_unfused"][0]
     assert got["model_2x"][1] == "met" and "2.14x" in got["model_2x"][0]
     assert "kernels alone" not in got["conv_vs_unfused"][0]  # no graph_ms column: nothing said
