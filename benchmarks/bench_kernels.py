@@ -85,7 +85,6 @@ def bench_add_relu(args, rows, header, prog):
         dst = torch.empty_like(x)
         t_copy = common.time_fn(lambda i: dst.copy_(y), args.device, args.iters, 3, args.budget)["median_ms"]
         copy_same_size = 2 * x.numel() * x.element_size() / (t_copy * 1e-3) / 1e9
-        del dst
         base = None
         for provider, fn in [
             ("torch add_+relu_", lambda i: x.add_(y).relu_()),
