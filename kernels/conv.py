@@ -37,6 +37,7 @@ import triton.language as tl
 
 from resnet_fast.fused import to_oc_last
 from resnet_fast.kernels import conv1x1_tma
+from resnet_fast.kernels import decisions
 from resnet_fast.kernels import launch as direct
 from resnet_fast.kernels.tiles import grouped_tile, relu_keep_nan, sm_count
 from resnet_fast.ops import nhwc_strides
@@ -958,6 +959,9 @@ def conv2d_bias_act(
         s2d_key = _layer_key(x, weight, residual, *conv) + (tuple(x.stride()),)
         s2d = _s2d_choice.get(s2d_key)
         if s2d is None:
+            s2d = _stored_decision("s2d", s2d_key, x.device, (True, False), _s2d_choice, _s2d_report,
+                                   lambda v: "space-to-depth" if v else "4-channel path")
+        if s2d is None:
             r = _timing_residual(x, weight, residual, y)
             counted = launch_count
             won, timed = _timed_choice(
@@ -966,6 +970,8 @@ def conv2d_bias_act(
                 "the space-to-depth stem", "the stem runs its 4-channel path from now on", _no_s2d, S2D_MARGIN)
             _s2d_choice[s2d_key] = won
             _s2d_report[s2d_key] = f"{'space-to-depth' if won else '4-channel path'}: space-to-depth {timed} for 4 channels"
+            if _s2d_auto:  # (not after a failure: that holds for this process only)
+                decisions.store.put("s2d", s2d_key, x.device, won)
             launch_count = counted + 1  # as a later call counts (not the timing runs)
             return y
     if s2d:
@@ -985,11 +991,16 @@ def conv2d_bias_act(
             split_key = _layer_key(x, weight, residual, *conv)
             batch_split = _split_choice.get(split_key)
             if batch_split is None:
+                batch_split = _stored_decision("split", split_key, x.device, (0, n1), _split_choice, _split_report,
+                                               lambda v: f"two launches: images [0, {v}) + [{v}, N)" if v else "one launch")
+            if batch_split is None:
                 r = _timing_residual(x, weight, residual, y)
                 counted = launch_count
                 won = _split_choice[split_key] = _decide_wave_split(
                     lambda: conv2d_bias_act(x, weight, bias, r, *conv, out=y, batch_split=0),
                     lambda: _split_launch(n1, x, weight, bias, r, y, conv), n1, split_key)
+                if _split_auto:  # (not after a failure)
+                    decisions.store.put("split", split_key, x.device, won)
                 launch_count = counted + (2 if won else 1)  # as a later call counts (not the timing runs)
                 return y  # (the decision's last run, the split one, wrote y)
     if batch_split:
@@ -1061,6 +1072,9 @@ def conv2d_bias_act(
                          "16-bit data with 16-byte-aligned rows, no K split, and an sm_90+ GPU or the interpreter)")
     auto_tma = tma is None and tma_possible
     tma_choice = _tma_choice.get(tuning_key) if auto_tma else None
+    if auto_tma and tma_choice is None:
+        tma_choice = _stored_decision("tma", tuning_key, x.device, [False] + [c.all_kwargs() for c in conv1x1_tma.tma_configs()],
+                                      _tma_choice)
     if tma_choice:
         kernel = conv1x1_tma.launch(x, weight, bias, residual, y, relu, tma_choice)
         if plan_key is not None and inputs_kept():
@@ -1113,6 +1127,8 @@ def conv2d_bias_act(
         _tma_choice[tuning_key] = _decide_tma(
             lambda: _conv2d_bias_act_kernel.fn[grid](*args, **constexprs, **config_kwargs),
             x, weight, bias, residual, y, relu, m_bucket=m_bucket)
+        if _tma_auto:  # (not after a failure)
+            decisions.store.put("tma", tuning_key, x.device, _tma_choice[tuning_key])
     if workspace is not None and not serial:
         _splitk_reduce(workspace, bias, residual, y, relu)
     launch_count += 1
@@ -1436,6 +1452,19 @@ def _decide_wave_split(whole, split, n1, key, bench=None) -> int:
     _split_report[key] = (f"one launch: images [0, {n1}) + [{n1}, N) {timed}" if timed.startswith("failed") else
                           f"{'two launches' if won else 'one launch'}: images [0, {n1}) + [{n1}, N) {timed} for one launch")
     return n1 if won else 0
+
+
+def _stored_decision(kind, key, device, allowed, choices, reports=None, describe=None):
+    """An earlier process's decision of this kind for this key (kernels/decisions.py), if it is one of
+    ``allowed`` (what this process could decide: a TMA config of today's list, this split's n1):
+    entered into ``choices`` (and ``reports``) and returned; else None, and the caller decides."""
+    value = decisions.store.get(kind, key, device)
+    if value is decisions.MISSING or value is None or not any(value == a and type(value) is type(a) for a in allowed):
+        return None
+    choices[key] = value
+    if reports is not None:
+        reports[key] = f"{describe(value)} (decided by an earlier process: kernels/decisions.py)"
+    return value
 
 
 def _not_tuned(x, weight) -> RuntimeError:

@@ -41,6 +41,19 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(autouse=True)
+def _no_stored_decisions(monkeypatch):
+    """No test reads or writes the launcher's on-disk decisions (kernels/decisions.py): tests make
+    decisions from made-up timings, which must never reach a later test, a benchmark or a user."""
+    try:
+        from resnet_fast.kernels import decisions
+    except ImportError:  # no Triton
+        yield
+        return
+    monkeypatch.setattr(decisions, "store", decisions.DecisionStore(enabled=False))
+    yield
+
+
+@pytest.fixture(autouse=True)
 def _seed_and_backend():
     import resnet_fast
 

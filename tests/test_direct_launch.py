@@ -399,6 +399,76 @@ def test_a_wave_split_that_fails_falls_back_to_one_launch(interpreted_direct, mo
     assert rel_err(triton_conv.conv2d_bias_act(x, weight, bias, res, [s, s], [p, p], [1, 1], 1, True), ref) < 1e-5
 
 
+def _new_process(triton_conv, store, monkeypatch):
+    """What a new process starts with: no decisions, plans or reports in memory; the store's files."""
+    for name in ("_plans", "_split_choice", "_split_report", "_s2d_choice", "_s2d_report", "_small_plans"):
+        monkeypatch.setattr(triton_conv, name, {})
+    store.forget()
+    monkeypatch.setattr(triton_conv, "_quick_bench", lambda fn, quantiles=None: pytest.fail("timed again"))
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("kind", ["split", "s2d"])
+@pytest.mark.parametrize("won", [True, False], ids=["alternative", "default"])
+def test_a_first_call_decision_is_read_by_the_next_process(interpreted_direct, monkeypatch, tmp_path, kind, won):
+    """A wave split's or a stem's decision, timed once (made-up timings), is saved
+    (kernels/decisions.py); a new process reads it instead of timing, runs the same path, right,
+    and says where the decision came from."""
+    from resnet_fast.kernels import decisions
+
+    triton_conv, direct = interpreted_direct
+    store = decisions.DecisionStore(directory=str(tmp_path), enabled=True)
+    monkeypatch.setattr(decisions, "store", store)
+    if kind == "split":
+        shape = (40, 24, 3, 1, 1, 3, 7, 5)
+        monkeypatch.setattr(triton_conv, "_split_auto", True)
+        monkeypatch.setattr(triton_conv, "wave_split", lambda n, pixels, ocg, k, groups, sms: 2)
+        choices, expected, counted = "_split_choice", (2 if won else 0), (2 if won else 1)
+    else:
+        shape = (3, 64, 7, 2, 3, 2, 11, 9)
+        monkeypatch.setattr(triton_conv, "_s2d_auto", True)
+        monkeypatch.setattr(triton_conv, "S2D_MIN_M", 0)
+        choices, expected, counted = "_s2d_choice", won, 1
+    _timed_then_planned(interpreted_direct, monkeypatch, shape, won, False)
+    (key,) = getattr(triton_conv, choices)
+    assert len(list(tmp_path.iterdir())) == 1
+
+    _new_process(triton_conv, store, monkeypatch)
+    c, oc, k, s, p, n, h, w = shape
+    for seed in range(2):
+        x, weight, bias, res, ref = _inputs(c, oc, k, s, p, n, h, w, True, seed=seed)  # as _timed_then_planned
+        counted_before = triton_conv.launch_count
+        y = triton_conv.conv2d_bias_act(x, weight, bias, res, [s, s], [p, p], [1, 1], 1, True)
+        assert rel_err(y, ref) < 1e-5 and triton_conv.launch_count - counted_before == counted
+    choice = getattr(triton_conv, choices)[key]
+    assert choice == expected and type(choice) is type(expected)
+    chosen, _ = triton_conv.tuning_state()
+    (report,) = [v for name, v in chosen.items() if name.startswith("wave split" if kind == "split" else "stem")]
+    assert report.endswith("(decided by an earlier process: kernels/decisions.py)")
+
+
+@pytest.mark.interpreter
+def test_a_stored_decision_this_process_would_not_make_is_timed_again(interpreted_direct, monkeypatch, tmp_path):
+    # A split of 2 images on file, where this process proposes 1: not taken on trust, timed anew.
+    from resnet_fast.kernels import decisions
+
+    triton_conv, direct = interpreted_direct
+    store = decisions.DecisionStore(directory=str(tmp_path), enabled=True)
+    monkeypatch.setattr(decisions, "store", store)
+    monkeypatch.setattr(triton_conv, "_split_auto", True)
+    monkeypatch.setattr(triton_conv, "wave_split", lambda n, pixels, ocg, k, groups, sms: 2)
+    shape = (40, 24, 3, 1, 1, 3, 7, 5)
+    _timed_then_planned(interpreted_direct, monkeypatch, shape, True, False)
+    _new_process(triton_conv, store, monkeypatch)
+    monkeypatch.setattr(triton_conv, "wave_split", lambda n, pixels, ocg, k, groups, sms: 1)
+    timings = iter([1.0, 1.0])  # a tie: one launch
+    monkeypatch.setattr(triton_conv, "_quick_bench", lambda fn, quantiles=None: (fn(), next(timings))[1])
+    x, weight, bias, res, ref = _inputs(*shape, True, seed=5)
+    assert rel_err(triton_conv.conv2d_bias_act(x, weight, bias, res, [1, 1], [1, 1], [1, 1], 1, True), ref) < 1e-5
+    assert next(timings, None) is None and list(triton_conv._split_choice.values()) == [0]
+    store.forget()
+    assert list(store._table(torch.device("cpu")).values()) == [0]  # the new decision replaced the old
+
 @pytest.mark.interpreter
 @pytest.mark.parametrize("in_place", [False, True], ids=["out", "in_place"])
 @pytest.mark.parametrize("won", [True, False], ids=["space_to_depth", "four_channels"])

@@ -724,6 +724,42 @@ def _graph_replays_right(call_into, res, ref, bound, replays):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("tma_wins", [True, False])
+def test_gpu_tma_choice_is_read_by_the_next_process(monkeypatch, tmp_path, tma_wins):
+    """The TMA-or-general decision, timed once (made-up timings) and saved (kernels/decisions.py): a
+    new process launches the chosen kernel without timing, and without tuning the general kernel
+    where TMA won; right either way."""
+    from resnet_fast.kernels import conv as triton_conv
+    from resnet_fast.kernels import conv1x1_tma
+    from resnet_fast.kernels import decisions
+
+    if not conv1x1_tma.available(torch.empty(0, device="cuda")):
+        pytest.skip("no TMA on this GPU / Triton")
+    store = decisions.DecisionStore(directory=str(tmp_path), enabled=True)
+    monkeypatch.setattr(decisions, "store", store)
+    monkeypatch.setattr(triton_conv, "_tma_auto", True)
+    for name in ("_tma_choice", "_plans", "_chosen_configs"):
+        monkeypatch.setattr(triton_conv, name, {})
+    timings = iter([1.0, 2.0] if tma_wins else [2.0, 1.0])  # TMA first, then the general kernel
+    monkeypatch.setattr(triton_conv, "_quick_bench", lambda fn, quantiles=None: (fn(), next(timings))[1])
+    shape = ("r50", 256, 64, 1, 1, 0, 1, 1)
+    x, weight, bias, res, conv_args, ref = _case(shape, torch.bfloat16, True, True, device="cuda", n=8, h=56, w=56, seed=69)
+    bound = 2 * rel_err(_torch_same_dtype(x, weight, bias, res, conv_args, True), ref) + 1e-6
+    w = to_oc_last(weight)
+    assert rel_err(triton_conv.conv2d_bias_act(x, w, bias, res, [1, 1], [0, 0], [1, 1], 1, True), ref) <= bound
+    (decided,) = triton_conv._tma_choice.values()
+    assert bool(decided) == tma_wins
+    # A new process.
+    store.forget()
+    for name in ("_tma_choice", "_plans", "_chosen_configs"):
+        monkeypatch.setattr(triton_conv, name, {})
+    monkeypatch.setattr(triton_conv, "_quick_bench", lambda fn, quantiles=None: pytest.fail("timed again"))
+    for _ in range(2):
+        assert rel_err(triton_conv.conv2d_bias_act(x, w, bias, res, [1, 1], [0, 0], [1, 1], 1, True), ref) <= bound
+    assert list(triton_conv._tma_choice.values()) == [decided]
+    assert bool(triton_conv._chosen_configs) != tma_wins  # the general kernel tuned only where it runs
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("tma_wins", [True, False])
 def test_gpu_tma_auto_choice_gives_the_right_result(monkeypatch, tma_wins):
     """The default path on a GPU: the first call of a big 1x1 layer tunes both kernels, times them
     (timings made up here, to force each outcome) and keeps the faster; later calls, eager and

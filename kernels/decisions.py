@@ -1,0 +1,159 @@
+"""The conv launcher's first-call decisions, kept on disk beside Triton's autotuning cache.
+
+On a layer shape's first call the launcher times alternatives and keeps the faster (kernels/conv.py):
+the TMA kernel against the general one for 1x1 convs (with the TMA kernel's own tuning, which
+Triton does not cache on disk), one launch against a wave split's two, and (opt-in) the
+space-to-depth stem. Without this store every process timed them again: the first forward paid for
+it, and two processes could decide differently where the two sides timed close (session 7: the
+general kernel in one run, TMA in the next), so a profile taken in a second process (Nsight
+Compute, whose launch interception slows short timings) need not show the kernels the model runs.
+
+One JSON file per GPU model and software stack: its name hashes the device's name, compute
+capability and SM count, the Triton, PyTorch and CUDA versions, and the source of the kernels the
+decisions are about, so a change to any of them starts a new file. ``RESNET_FAST_AUTOTUNE_CACHE=0``
+(the knob of Triton's autotuning cache) turns it off: every process decides anew.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import warnings
+from typing import Any, Optional
+
+import torch
+
+# The kernel sources a decision depends on (their bytes go into the file's name).
+_SOURCES = ("conv.py", "conv1x1_tma.py", "tiles.py")
+_HERE = os.path.dirname(os.path.abspath(__file__))
+MISSING = object()
+
+
+def _cache_root() -> str:
+    try:
+        from triton import knobs
+
+        return knobs.cache.dir
+    except Exception:  # noqa: BLE001 - Triton releases before knobs
+        return os.environ.get("TRITON_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".triton", "cache")
+
+
+def _plain(value):
+    """A decision key's parts as JSON values: dtypes by name, devices by type (the file is per GPU model)."""
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    if isinstance(value, torch.dtype):
+        return str(value)
+    if isinstance(value, torch.device):
+        return value.type
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"decision key: expected tuples of ints, strings, dtypes and devices, got {type(value).__name__}")
+
+
+def key_text(kind: str, key) -> str:
+    return json.dumps([kind, _plain(key)], separators=(",", ":"))
+
+
+class DecisionStore:
+    """``get``/``put`` of JSON values by (kind, key) for a device. Files are read once per process and
+    device, merged with what is on disk and replaced atomically on each ``put``, so concurrent
+    processes lose no entries of each other's (the last writer of one key wins)."""
+
+    def __init__(self, directory: Optional[str] = None, enabled: Optional[bool] = None):
+        self.enabled = os.environ.get("RESNET_FAST_AUTOTUNE_CACHE", "1") != "0" if enabled is None else enabled
+        # bench_kernels turns reading off: it reports what the timing finds, not an earlier process's.
+        self.reading = True
+        self._directory = directory
+        self._tables = {}  # device identity -> (path, {key text: value})
+        self._lock = threading.Lock()
+        self._write_failed = False
+        self._source_hash = None
+
+    def directory(self) -> str:
+        if self._directory is None:
+            self._directory = os.path.join(_cache_root(), "resnet_fast")
+        return self._directory
+
+    def _sources(self) -> str:
+        if self._source_hash is None:
+            h = hashlib.sha256()
+            for name in _SOURCES:
+                with open(os.path.join(_HERE, name), "rb") as f:
+                    h.update(f.read())
+            self._source_hash = h.hexdigest()
+        return self._source_hash
+
+    def identity(self, device: torch.device) -> dict:
+        """What the decisions of a device hold for: its model and the software stack."""
+        import triton
+
+        if device.type == "cuda":
+            props = torch.cuda.get_device_properties(device)
+            name = f"{props.name} sm_{props.major}{props.minor} {props.multi_processor_count} SMs"
+        else:
+            name = device.type
+        return {"device": name, "triton": triton.__version__, "torch": torch.__version__,
+                "cuda": torch.version.cuda, "interpreter": os.environ.get("TRITON_INTERPRET", "0") == "1",
+                "kernels": self._sources()}
+
+    def path(self, device: torch.device) -> str:
+        digest = hashlib.sha256(json.dumps(self.identity(device), sort_keys=True).encode()).hexdigest()[:24]
+        return os.path.join(self.directory(), f"decisions-{digest}.json")
+
+    def _table(self, device: torch.device) -> dict:
+        ident = str(device)
+        entry = self._tables.get(ident)
+        if entry is None:
+            path = self.path(device)
+            entry = self._tables[ident] = (path, self._read(path))
+        return entry[1]
+
+    @staticmethod
+    def _read(path: str) -> dict:
+        try:
+            with open(path) as f:
+                data = json.load(f)
+            table = data.get("decisions") if isinstance(data, dict) else None
+            return dict(table) if isinstance(table, dict) else {}
+        except (OSError, ValueError):  # none yet, unreadable, or half-written by a crashed process
+            return {}
+
+    def get(self, kind: str, key, device: torch.device) -> Any:
+        """The stored decision, or MISSING."""
+        if not (self.enabled and self.reading):
+            return MISSING
+        with self._lock:
+            return self._table(device).get(key_text(kind, key), MISSING)
+
+    def put(self, kind: str, key, device: torch.device, value) -> None:
+        if not self.enabled:
+            return
+        text = key_text(kind, key)
+        with self._lock:
+            table = self._table(device)
+            table[text] = value
+            if self._write_failed:
+                return
+            path = self._tables[str(device)][0]
+            try:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                merged = {**self._read(path), text: value}
+                table.update(merged)
+                tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+                with open(tmp, "w") as f:
+                    json.dump({"identity": self.identity(device), "decisions": merged}, f, indent=0, sort_keys=True)
+                os.replace(tmp, path)
+            except OSError as e:
+                self._write_failed = True
+                warnings.warn(f"resnet_fast: cannot save the conv launcher's decisions in {path} ({e}); "
+                              "each process will time them again")
+
+    def forget(self) -> None:
+        """Drop what this process read (tests: a new process's view of the disk)."""
+        with self._lock:
+            self._tables.clear()
+
+
+store = DecisionStore()
