@@ -40,8 +40,9 @@ step tma_canary   "${T_TMA_CANARY:-60}"  $PY benchmarks/tma_canary.py --device c
 [ "$DRY" = 0 ] && tma_canary_gate
 # The headline first: the whole model, every provider, torch.compile included (default mode:
 # max-autotune compiles for minutes per batch size; COMPILE_MODE=max-autotune where time allows).
-# Batch 256 first, torch.compile last within each batch size, rows saved one by one: the headline
-# numbers survive a step that runs out of time.
+# Batch 256 first, torch.compile in a pass of its own after every other provider of every batch size
+# (what a compile leaves running in the process slowed later timings: session 12), rows saved one by
+# one: the headline numbers survive a step that runs out of time.
 step model_bf16   "${T_MODEL_BF16:-170}" $PY benchmarks/bench_model.py --device cuda --models resnet50 --batch-sizes 256,1,16 --dtype bfloat16 --compile --compile-mode "${COMPILE_MODE:-default}" --iters 30 --budget 3 --json "$OUT/model-bf16.json" --markdown "$OUT/model-bf16.md" --plot "$OUT/model-bf16.png"
 # Host time of the eager forward at small batch (launch-bound), direct Triton launches on and off in
 # one process, and a cProfile of what is left (kernels are compiled and tuned by now).

@@ -10,6 +10,8 @@ Targets (DESIGN.md §5, issues 3-5), all ratios from one process:
 * resnet50 eval bf16 batch 256: resnet_fast >= 2x torchvision eager channels_last;
 * resnet50 bf16 batch 1 through resnet_fast.cuda_graph under 0.6 ms;
 * the GPU tests all pass;
+* (``--family JSON``, from device_family.sh) every other ResNet-family model at or above torchvision
+  channels_last;
 and that the timed outputs are right: every fused conv and every resnet_fast model row agrees with
 PyTorch's same-dtype result (a sanity bound, far looser than the tests').
 """
@@ -220,11 +222,44 @@ def wave_splits(outdir: str) -> str:
     return ("### Wave splits (one launch or two, timed on the first call)\n\n" + "\n".join(lines) + "\n") if lines else ""
 
 
+def family(path: str) -> List[Tuple[str, str, str, str]]:
+    """The ResNet family (``device_family.sh``'s bench_model JSON): per model and batch size, resnet_fast
+    eager against torchvision eager channels_last, and its agreement with torchvision."""
+    target = "every ResNet-family model timed (bf16): resnet_fast >= torchvision channels_last, agreeing (rel err < 0.1)"
+    data = _load(path) or {}
+    rows = data.get("rows", [])
+    found = re.search(r"--models (\S+)", data.get("command", ""))
+    planned = len(found.group(1).split(",")) if found else None
+    pairs = []
+    for r in rows:
+        if r.get("provider") != "resnet_fast":
+            continue
+        cl = _row(rows, provider="torchvision_cl", model=r["model"], batch_size=r["batch_size"])
+        if cl:
+            pairs.append((r["model"], r["batch_size"], cl["median_ms"] / r["median_ms"], r["max_rel_err_vs_torchvision"]))
+    if not pairs:
+        return [("family", target, "-", "not measured")]
+    ok = all(ratio >= 1 and err < MODEL_AGREEMENT for _, _, ratio, err in pairs)
+    models = len({m for m, _, _, _ in pairs})
+    note, verdict = _verdict(ok, models, planned or models)
+    worst = min(pairs, key=lambda p: p[2])
+    each = ", ".join(f"{m} b{b} {ratio:.2f}x" for m, b, ratio, _ in pairs)
+    measured = (f"worst {worst[2]:.2f}x ({worst[0]} b{worst[1]}), worst rel err {max(p[3] for p in pairs):.2e}; "
+                f"{each}{note}")
+    return [("family", target, measured, verdict)]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("outdir")
+    p.add_argument("outdir", nargs="?", help="a gpu_suite output folder")
+    p.add_argument("--family", default=None, help="device_family.sh's bench_model JSON: its target alone")
     p.add_argument("--markdown", default=None)
     args = p.parse_args(argv)
+    if (args.outdir is None) == (args.family is None):
+        p.error("expected a gpu_suite output folder or --family JSON, got " + ("both" if args.outdir else "neither"))
+    if args.family:
+        print(markdown(family(args.family)))
+        return 0
     text = markdown(evaluate(args.outdir))
     splits = wave_splits(args.outdir)
     if splits:

@@ -308,6 +308,46 @@ def test_device_check_dry_run_lists_its_steps(tmp_path):
     assert "| racecheck | dry-run |" in (tmp_path / "out" / "check-summary.md").read_text()
 
 
+def test_device_family_dry_run_lists_its_steps(tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "device_family.sh"), str(out), "--dry-run"],
+                          capture_output=True, text=True, timeout=60, env={**os.environ, "FAMILY_MODELS": "resnet18,resnext50_32x4d"})
+    assert proc.returncode == 0, proc.stderr
+    steps = [line.split()[0] for line in proc.stdout.splitlines() if line and not line.startswith(("#", "|", "Total"))]
+    assert steps == ["install", "family"], proc.stdout
+    assert "--models resnet18,resnext50_32x4d --batch-sizes 256 --dtype bfloat16" in proc.stdout
+    assert "| family | dry-run |" in (out / "family-summary.md").read_text()
+    assert len(list(out.iterdir())) <= 8  # what the device tool brings back
+
+
+def test_family_target(tmp_path):
+    row = lambda prov, model, ms, err=0.0: {"provider": prov, "model": model, "batch_size": 256, "median_ms": ms,  # noqa: E731
+                                           "max_rel_err_vs_torchvision": err}
+    cmd = "python3 bench_model.py --models resnet18,resnext50_32x4d,resnet152 --batch-sizes 256"
+    path = tmp_path / "f.json"
+    rows = [row("torchvision_cl", "resnet18", 10.0), row("resnet_fast", "resnet18", 5.0, 0.004),
+            row("torchvision_cl", "resnext50_32x4d", 20.0), row("resnet_fast", "resnext50_32x4d", 25.0, 0.005)]
+    targets = _bench_module("targets")
+    path.write_text(json.dumps({"command": cmd, "rows": rows}))
+    ((_, _, measured, verdict),) = targets.family(str(path))
+    assert verdict == "NOT met" and "worst 0.80x (resnext50_32x4d b256)" in measured and "(partial: 2/3)" in measured
+    rows[3]["median_ms"] = 15.0
+    path.write_text(json.dumps({"command": cmd, "rows": rows}))
+    ((_, _, measured, verdict),) = targets.family(str(path))
+    assert verdict == "not measured" and "resnet18 b256 2.00x" in measured  # resnet152 never ran
+    rows += [row("torchvision_cl", "resnet152", 30.0), row("resnet_fast", "resnet152", 12.0, 0.2)]
+    path.write_text(json.dumps({"command": cmd, "rows": rows}))
+    assert targets.family(str(path))[0][3] == "NOT met"  # fast but wrong
+    rows[-1]["max_rel_err_vs_torchvision"] = 0.006
+    path.write_text(json.dumps({"command": cmd, "rows": rows}))
+    assert targets.family(str(path))[0][3] == "met"
+    assert targets.family(str(tmp_path / "missing.json"))[0][3] == "not measured"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "targets.py"), "--family", str(path)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "| met |" in proc.stdout, proc.stderr
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "targets.py")], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "expected a gpu_suite output folder or --family JSON, got neither" in proc.stderr
+
 def test_memcheck_workload_runs_every_section_in_the_interpreter():
     """The workload device_check.sh runs under compute-sanitizer, on the CPU (Triton interpreter,
     small cases): it must run, and its checks must pass, before a GPU session spends time on it."""

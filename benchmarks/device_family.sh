@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# A second command for a lent GPU machine, after device_run.sh on the same warm machine (instead of
+# device_check.sh, where the kernels did not change since its last clean run): the rest of the ResNet
+# family, which the suite never times. resnet_fast claims to be the faster drop-in for every
+# torchvision ResNet, and the family brings conv shapes resnet50 has not: ResNeXt's grouped 3x3s
+# (32 and 64 groups), the wide ResNets' 2x-wide 3x3s, BasicBlock's 1x1 stride-2 shortcuts.
+#
+#   run: bash benchmarks/device_family.sh            (timeout_s ~ 290: it caps itself at FAMILY_BUDGET, 260 s)
+#   bash benchmarks/device_family.sh OUTDIR [--dry-run]
+#
+# Per model (bf16, batch FAMILY_BATCHES, default 256): torchvision NCHW and channels_last against
+# resnet_fast eager, in one process, rows saved one by one (models in FAMILY_MODELS order, the ones
+# with new conv shapes first: a run cut short keeps those). Writes family-bf16.{json,md}, the step
+# log, family-summary.md (printed last: the table and the verdict, every model at or above
+# torchvision channels_last). Each new conv shape tunes on its first call (~2-5 s on a warm Triton
+# cache's neighbours), so the budget goes mostly to tuning.
+set -u
+OUTDIR=${1:-${OUT:-}}
+[ "$OUTDIR" = "--dry-run" ] && OUTDIR=${OUT:-/tmp/device_family}
+[ -n "$OUTDIR" ] || { echo "usage: device_family.sh OUTDIR [--dry-run] (or set OUT)" >&2; exit 2; }
+DRY=0
+for a in "$@"; do [ "$a" = "--dry-run" ] && DRY=1; done
+. "$(dirname "$0")/steps.sh"
+suite_env "$OUTDIR"
+STATUS="$OUT/family-steps.tsv"
+: > "$STATUS"
+START=$(date +%s)
+DEADLINE=$(( START + ${FAMILY_BUDGET:-260} ))
+MODELS=${FAMILY_MODELS:-resnext50_32x4d,resnet18,wide_resnet50_2,resnet101,resnet34,resnext101_32x8d,resnet152,wide_resnet101_2,resnext101_64x4d}
+
+COLD=0
+if [ "$DRY" = 1 ] || ! ls "$ROOT"/resnet_fast/_C*.so > /dev/null 2>&1; then
+  COLD=1
+  step install "${T_INSTALL:-75}" $PY -m pip install --no-deps --no-build-isolation -e .
+  [ "$DRY" = 0 ] && ! ls "$ROOT"/resnet_fast/_C*.so > /dev/null 2>&1 && export RESNET_FAST_EXTENSION=none
+fi
+# Leaves ~15 s for the summary below.
+LEFT=$(( DEADLINE - $(date +%s) - 15 ))
+step family "$LEFT" $PY benchmarks/bench_model.py --device cuda --models "$MODELS" --batch-sizes "${FAMILY_BATCHES:-256}" \
+  --dtype bfloat16 --skip-providers resnet_fast_torch_backend,resnet_fast_graph --iters 10 --warmup 3 --budget 1 \
+  --json "$OUT/family-bf16.json" --markdown "$OUT/family-bf16.md"
+{
+  echo "# device_family $( [ "$DRY" = 1 ] && echo '(dry run)' ) $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo
+  echo "Total: $(( $(date +%s) - START )) s at $(git rev-parse --short HEAD 2>/dev/null)"
+  echo
+  echo "| step | exit | seconds | command |"
+  echo "|---|---|---|---|"
+  while IFS=$'\t' read -r name rc dt cmd; do
+    echo "| $name | $rc | $dt | \`${cmd:0:140}\` |"
+  done < "$STATUS"
+  if [ "$DRY" = 0 ]; then
+    echo
+    [ "$COLD" = 1 ] && echo "COLD MACHINE: the extension was built here, Triton compiled and tuned from scratch." && echo
+    $PY benchmarks/targets.py --family "$OUT/family-bf16.json" 2>&1
+    echo
+    cat "$OUT/family-bf16.md" 2>/dev/null
+    echo
+    grep -h -E "Traceback|Error|failed" "$OUT/family.log" 2>/dev/null | head -n 20
+  fi
+} > "$OUT/family-summary.md"
+cat "$OUT/family-summary.md"
