@@ -794,6 +794,10 @@ def _first_timings(timings):
     return {config_name(c): (t[0] if isinstance(t, (list, tuple)) else t) for c, t in timings.items()}
 
 
+def _describe_tma(choice) -> str:
+    return "TMA kernel " + config_name(choice) if choice else "general kernel (TMA not clearly faster)"
+
+
 def tuning_state():
     """What the autotuner knows, for benchmark reports: ``({tuning key: chosen config}, {config:
     median ms})``, the latter from the most recent tuning run (or its disk-cached timings)."""
@@ -801,7 +805,7 @@ def tuning_state():
     chosen = {str(key): config_name(c) for key, c in getattr(tuner, "cache", {}).items()}
     # 1x1 layers where the TMA kernel was timed against the general one: which won.
     for key, choice in _tma_choice.items():
-        chosen[f"tma {key}"] = "TMA kernel " + config_name(choice) if choice else "general kernel (TMA not clearly faster)"
+        chosen[f"tma {key}"] = _tma_report.get(key) or _describe_tma(choice)
     if _tma_failure:
         chosen["tma failure"] = _tma_failure
     for key, won in _s2d_choice.items():
@@ -951,6 +955,7 @@ def conv2d_bias_act(
     if bias.stride(0) != 1:
         bias = bias.contiguous()  # the kernels index bias by output channel
     conv = (stride, padding, dilation, groups, relu)
+    stored = None  # (kind, key) where this call makes the first run of an earlier process's decision
     if (s2d is None and _s2d_auto and n * oh * ow >= S2D_MIN_M and index_64 is None and split_k is None
             and serial_split is None and tma is None and batch_split is None and not part
             and s2d_fits(cg, ocg, groups, kh, kw, stride, dilation)):
@@ -961,6 +966,8 @@ def conv2d_bias_act(
         if s2d is None:
             s2d = _stored_decision("s2d", s2d_key, x.device, (True, False), _s2d_choice, _s2d_report,
                                    lambda v: "space-to-depth" if v else "4-channel path")
+        if s2d and ("s2d", s2d_key) in _from_disk:
+            stored = ("s2d", s2d_key)
         if s2d is None:
             r = _timing_residual(x, weight, residual, y)
             counted = launch_count
@@ -970,12 +977,18 @@ def conv2d_bias_act(
                 "the space-to-depth stem", "the stem runs its 4-channel path from now on", _no_s2d, S2D_MARGIN)
             _s2d_choice[s2d_key] = won
             _s2d_report[s2d_key] = f"{'space-to-depth' if won else '4-channel path'}: space-to-depth {timed} for 4 channels"
-            if _s2d_auto:  # (not after a failure: that holds for this process only)
-                decisions.store.put("s2d", s2d_key, x.device, won)
+            decisions.store.put("s2d", s2d_key, x.device, won)  # (a frozen store, after a failure, keeps nothing)
             launch_count = counted + 1  # as a later call counts (not the timing runs)
             return y
+    if s2d and stored:
+        ran, residual = _stored_first_run(stored, lambda r: _s2d_conv(x, weight, bias, r, padding, relu, y), residual, y,
+                                          "the space-to-depth stem", "the stem runs its 4-channel path from now on",
+                                          _no_s2d, _s2d_choice, False)
+        if not ran:
+            s2d, stored = False, None
     if s2d:
-        _s2d_conv(x, weight, bias, residual, padding, relu, y)
+        if not stored:
+            _s2d_conv(x, weight, bias, residual, padding, relu, y)
         if plan_key is not None and inputs_kept():
             pad = tuple(padding)  # (the caller's list may change after this call)
             _keep_plan(plan_key, _ComposedPlan(
@@ -993,18 +1006,27 @@ def conv2d_bias_act(
             if batch_split is None:
                 batch_split = _stored_decision("split", split_key, x.device, (0, n1), _split_choice, _split_report,
                                                lambda v: f"two launches: images [0, {v}) + [{v}, N)" if v else "one launch")
+            if batch_split and ("split", split_key) in _from_disk:
+                stored = ("split", split_key)
             if batch_split is None:
                 r = _timing_residual(x, weight, residual, y)
                 counted = launch_count
                 won = _split_choice[split_key] = _decide_wave_split(
                     lambda: conv2d_bias_act(x, weight, bias, r, *conv, out=y, batch_split=0),
                     lambda: _split_launch(n1, x, weight, bias, r, y, conv), n1, split_key)
-                if _split_auto:  # (not after a failure)
-                    decisions.store.put("split", split_key, x.device, won)
+                decisions.store.put("split", split_key, x.device, won)
                 launch_count = counted + (2 if won else 1)  # as a later call counts (not the timing runs)
                 return y  # (the decision's last run, the split one, wrote y)
+    if batch_split and stored:
+        n1 = batch_split
+        ran, residual = _stored_first_run(stored, lambda r: _split_launch(n1, x, weight, bias, r, y, conv), residual, y,
+                                          "a wave split's two launches", "every conv runs as one launch from now on",
+                                          _no_more_splits, _split_choice, 0)
+        if not ran:
+            batch_split = 0
     if batch_split:
-        _split_launch(batch_split, x, weight, bias, residual, y, conv)
+        if not stored:
+            _split_launch(batch_split, x, weight, bias, residual, y, conv)
         if plan_key is not None and inputs_kept():
             n1, frozen = batch_split, (tuple(stride), tuple(padding), tuple(dilation), groups, relu)
             _keep_plan(plan_key, _ComposedPlan(
@@ -1074,9 +1096,18 @@ def conv2d_bias_act(
     tma_choice = _tma_choice.get(tuning_key) if auto_tma else None
     if auto_tma and tma_choice is None:
         tma_choice = _stored_decision("tma", tuning_key, x.device, [False] + [c.all_kwargs() for c in conv1x1_tma.tma_configs()],
-                                      _tma_choice)
-    if tma_choice:
+                                      _tma_choice, _tma_report, _describe_tma)
+    if tma_choice and ("tma", tuning_key) in _from_disk:
+        try:  # the first run of an earlier process's choice: a failure here falls back, as in _decide_tma
+            kernel = conv1x1_tma.launch(x, weight, bias, residual, y, relu, tma_choice)
+            _from_disk.discard(("tma", tuning_key))
+        except Exception as e:  # noqa: BLE001 - an optimisation only: never break a launch
+            _from_disk.discard(("tma", tuning_key))
+            _no_tma(e)
+            tma_choice = _tma_choice[tuning_key] = False
+    elif tma_choice:
         kernel = conv1x1_tma.launch(x, weight, bias, residual, y, relu, tma_choice)
+    if tma_choice:
         if plan_key is not None and inputs_kept():
             _remember_tma(plan_key, kernel, x, weight, bias, residual, y, relu, tma_choice)
         launch_count += 1
@@ -1127,8 +1158,7 @@ def conv2d_bias_act(
         _tma_choice[tuning_key] = _decide_tma(
             lambda: _conv2d_bias_act_kernel.fn[grid](*args, **constexprs, **config_kwargs),
             x, weight, bias, residual, y, relu, m_bucket=m_bucket)
-        if _tma_auto:  # (not after a failure)
-            decisions.store.put("tma", tuning_key, x.device, _tma_choice[tuning_key])
+        decisions.store.put("tma", tuning_key, x.device, _tma_choice[tuning_key])
     if workspace is not None and not serial:
         _splitk_reduce(workspace, bias, residual, y, relu)
     launch_count += 1
@@ -1321,6 +1351,10 @@ _tma_forced = {}
 # and under RESNET_FAST_AUTOTUNE=0 (no timing runs).
 _tma_auto = os.environ.get("RESNET_FAST_AUTOTUNE", "1") != "0"
 _tma_failure: Optional[str] = None  # why it was turned off, for the benchmark reports
+# (kind, key) of decisions read from an earlier process's file (kernels/decisions.py) whose first run in
+# this process has not happened yet (guarded: ``_stored_first_run``), and for the reports.
+_from_disk = set()
+_tma_report = {}  # tuning key -> where a stored choice came from
 
 
 def _decide_tma(general, x, weight, bias, residual, y, relu, bench=None, m_bucket=None):
@@ -1330,7 +1364,6 @@ def _decide_tma(general, x, weight, bias, residual, y, relu, bench=None, m_bucke
     way. A failure raised in Python (a compile or launch error) turns the TMA kernel off for the
     process, with one warning; a device fault (an illegal address) cannot be caught this way, as it
     leaves the CUDA context unusable for every kernel."""
-    global _tma_auto, _tma_failure
     bench = bench or _quick_bench
     try:
         with _tuning_lock:
@@ -1339,12 +1372,7 @@ def _decide_tma(general, x, weight, bias, residual, y, relu, bench=None, m_bucke
         t_tma = bench(lambda: conv1x1_tma.launch(x, weight, bias, residual, y, relu, config))
         t_general = bench(general)
     except Exception as e:  # noqa: BLE001 - an optimisation only: never break a launch
-        _tma_auto = False
-        _tma_failure = f"{type(e).__name__}: {e}"
-        import warnings
-
-        warnings.warn(f"resnet_fast: the TMA 1x1 conv kernel failed ({type(e).__name__}: {e}); using the general "
-                      "kernel for every conv")
+        _no_tma(e)
         general()  # y as the general kernel writes it
         return False
     # A clear win only: each TMA launch also encodes four descriptors on the host, and where the two
@@ -1434,14 +1462,49 @@ def _timing_residual(x, weight, residual, y):
     return residual.clone() if residual is not None and _same_storage(residual, y) else residual
 
 
+def _no_tma(e: Exception) -> None:
+    """The TMA kernel off for this process, with one warning; no more decisions saved (kernels/decisions.py)."""
+    global _tma_auto, _tma_failure
+    _tma_auto = False
+    _tma_failure = f"{type(e).__name__}: {e}"
+    decisions.store.freeze()
+    import warnings
+
+    warnings.warn(f"resnet_fast: the TMA 1x1 conv kernel failed ({type(e).__name__}: {e}); using the general "
+                  "kernel for every conv")
+
+
 def _no_more_splits():
     global _split_auto
     _split_auto = False
+    decisions.store.freeze()
 
 
 def _no_s2d():
     global _s2d_auto
     _s2d_auto = False
+    decisions.store.freeze()
+
+
+def _stored_first_run(stored, run, residual, y, what, fallback, disable, choices, default):
+    """The first run in this process of an earlier process's decision (``stored``: kind, key), guarded
+    as its timing would have been. Returns (True, residual) where it ran. If it raises (a compile or
+    launch error), it is turned off for the process (``disable``, one warning), ``choices`` gets
+    ``default``, and (False, the residual the caller's default path must read) comes back: where the
+    call is in place, a copy taken before the run, since a run that wrote part of y (the residual)
+    before raising has changed it."""
+    _from_disk.discard(stored)
+    r = residual.clone() if residual is not None and _same_storage(residual, y) else residual
+    try:
+        run(r)
+        return True, residual
+    except Exception as e:  # noqa: BLE001 - an optimisation only: never break a launch
+        disable()
+        choices[stored[1]] = default
+        import warnings
+
+        warnings.warn(f"resnet_fast: {what} failed ({type(e).__name__}: {e}); {fallback}")
+        return False, r
 
 
 def _decide_wave_split(whole, split, n1, key, bench=None) -> int:
@@ -1462,6 +1525,7 @@ def _stored_decision(kind, key, device, allowed, choices, reports=None, describe
     if value is decisions.MISSING or value is None or not any(value == a and type(value) is type(a) for a in allowed):
         return None
     choices[key] = value
+    _from_disk.add((kind, key))
     if reports is not None:
         reports[key] = f"{describe(value)} (decided by an earlier process: kernels/decisions.py)"
     return value

@@ -10,22 +10,36 @@ Compute, whose launch interception slows short timings) need not show the kernel
 
 One JSON file per GPU model and software stack: its name hashes the device's name, compute
 capability and SM count, the Triton, PyTorch and CUDA versions, and the source of the kernels the
-decisions are about, so a change to any of them starts a new file. ``RESNET_FAST_AUTOTUNE_CACHE=0``
-(the knob of Triton's autotuning cache) turns it off: every process decides anew.
+decisions are about, and the environment knobs that change what is compared (``RESNET_FAST_TMA``,
+``RESNET_FAST_TMA_PERSISTENT``, ``RESNET_FAST_SPLIT_K_REDUCE``, ``RESNET_FAST_WAVE_SPLIT``), so a change
+to any of them starts a new file. ``RESNET_FAST_AUTOTUNE_CACHE=0`` (the knob of Triton's autotuning
+cache) turns it off: every process decides anew. Deleting the folder (``store.directory()``) makes the
+next process decide anew.
+
+A process whose alternative failed (the TMA kernel, a wave split, the space-to-depth stem: each then
+off for that process) stops writing: what it decides after that was decided without what failed.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import tempfile
 import threading
 import warnings
 from typing import Any, Optional
 
 import torch
 
-# The kernel sources a decision depends on (their bytes go into the file's name).
+# The kernel sources a decision depends on (their bytes go into the file's name), and the knobs that
+# change what the launcher compares.
 _SOURCES = ("conv.py", "conv1x1_tma.py", "tiles.py")
+_KNOBS = ("RESNET_FAST_TMA", "RESNET_FAST_TMA_PERSISTENT", "RESNET_FAST_SPLIT_K_REDUCE", "RESNET_FAST_WAVE_SPLIT")
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: writers are not serialised
+    fcntl = None
 _HERE = os.path.dirname(os.path.abspath(__file__))
 MISSING = object()
 
@@ -58,8 +72,10 @@ def key_text(kind: str, key) -> str:
 
 class DecisionStore:
     """``get``/``put`` of JSON values by (kind, key) for a device. Files are read once per process and
-    device, merged with what is on disk and replaced atomically on each ``put``, so concurrent
-    processes lose no entries of each other's (the last writer of one key wins)."""
+    device. Each ``put`` holds an exclusive lock on the file's ``.lock`` beside it while it reads the
+    file, merges this process's own decisions in and replaces the file (a fresh temporary, then
+    ``os.replace``): concurrent processes keep each other's entries (the last writer of one key wins).
+    Nothing here raises into a conv call: a store that cannot work turns itself off with one warning."""
 
     def __init__(self, directory: Optional[str] = None, enabled: Optional[bool] = None):
         self.enabled = os.environ.get("RESNET_FAST_AUTOTUNE_CACHE", "1") != "0" if enabled is None else enabled
@@ -67,8 +83,10 @@ class DecisionStore:
         self.reading = True
         self._directory = directory
         self._tables = {}  # device identity -> (path, {key text: value})
+        self._own = {}  # device identity -> {key text: value} this process decided
         self._lock = threading.Lock()
         self._write_failed = False
+        self._frozen = False
         self._source_hash = None
 
     def directory(self) -> str:
@@ -86,7 +104,7 @@ class DecisionStore:
         return self._source_hash
 
     def identity(self, device: torch.device) -> dict:
-        """What the decisions of a device hold for: its model and the software stack."""
+        """What the decisions of a device hold for: its model, the software stack and the knobs."""
         import triton
 
         if device.type == "cuda":
@@ -96,7 +114,7 @@ class DecisionStore:
             name = device.type
         return {"device": name, "triton": triton.__version__, "torch": torch.__version__,
                 "cuda": torch.version.cuda, "interpreter": os.environ.get("TRITON_INTERPRET", "0") == "1",
-                "kernels": self._sources()}
+                "kernels": self._sources(), "knobs": {k: os.environ.get(k) for k in _KNOBS}}
 
     def path(self, device: torch.device) -> str:
         digest = hashlib.sha256(json.dumps(self.identity(device), sort_keys=True).encode()).hexdigest()[:24]
@@ -109,6 +127,10 @@ class DecisionStore:
             path = self.path(device)
             entry = self._tables[ident] = (path, self._read(path))
         return entry[1]
+
+    def _off(self, why: str) -> None:
+        self.enabled = False
+        warnings.warn(f"resnet_fast: the conv launcher's decisions are not kept on disk in this process ({why})")
 
     @staticmethod
     def _read(path: str) -> dict:
@@ -124,36 +146,64 @@ class DecisionStore:
         """The stored decision, or MISSING."""
         if not (self.enabled and self.reading):
             return MISSING
-        with self._lock:
-            return self._table(device).get(key_text(kind, key), MISSING)
+        try:
+            with self._lock:
+                return self._table(device).get(key_text(kind, key), MISSING)
+        except Exception as e:  # noqa: BLE001 - never break a conv call (a missing source file, an odd key)
+            self._off(f"{type(e).__name__}: {e}")
+            return MISSING
+
+    def freeze(self) -> None:
+        """No more writes from this process (an alternative failed here: later decisions lack it)."""
+        self._frozen = True
 
     def put(self, kind: str, key, device: torch.device, value) -> None:
-        if not self.enabled:
+        if not self.enabled or self._frozen:
             return
-        text = key_text(kind, key)
-        with self._lock:
-            table = self._table(device)
-            table[text] = value
-            if self._write_failed:
-                return
-            path = self._tables[str(device)][0]
-            try:
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                merged = {**self._read(path), text: value}
-                table.update(merged)
-                tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
-                with open(tmp, "w") as f:
-                    json.dump({"identity": self.identity(device), "decisions": merged}, f, indent=0, sort_keys=True)
+        try:
+            text = key_text(kind, key)
+            with self._lock:
+                table = self._table(device)
+                table[text] = value
+                own = self._own.setdefault(str(device), {})
+                own[text] = value
+                if not self._write_failed:
+                    self._write(self._tables[str(device)][0], device, table, own)
+        except Exception as e:  # noqa: BLE001 - never break a conv call
+            self._off(f"{type(e).__name__}: {e}")
+
+    def _write(self, path: str, device: torch.device, table: dict, own: dict) -> None:
+        tmp = None
+        try:
+            folder = os.path.dirname(path)
+            os.makedirs(folder, exist_ok=True)
+            identity = self.identity(device)
+            with open(path + ".lock", "a") as lock:
+                if fcntl is not None:
+                    fcntl.flock(lock, fcntl.LOCK_EX)
+                merged = {**self._read(path), **own}
+                fd, tmp = tempfile.mkstemp(dir=folder, prefix=".decisions-", suffix=".tmp")
+                with os.fdopen(fd, "w") as f:
+                    json.dump({"identity": identity, "decisions": merged}, f, indent=0, sort_keys=True)
                 os.replace(tmp, path)
-            except OSError as e:
-                self._write_failed = True
-                warnings.warn(f"resnet_fast: cannot save the conv launcher's decisions in {path} ({e}); "
-                              "each process will time them again")
+                tmp = None
+            table.update(merged)
+        except OSError as e:
+            self._write_failed = True
+            warnings.warn(f"resnet_fast: cannot save the conv launcher's decisions in {path} ({e}); "
+                          "each process will time them again")
+        finally:
+            if tmp is not None:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
 
     def forget(self) -> None:
-        """Drop what this process read (tests: a new process's view of the disk)."""
+        """Drop what this process read and decided (tests: a new process's view of the disk)."""
         with self._lock:
             self._tables.clear()
+            self._own.clear()
 
 
 store = DecisionStore()

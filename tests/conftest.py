@@ -42,8 +42,9 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(autouse=True)
 def _no_stored_decisions(monkeypatch):
-    """No test reads or writes the launcher's on-disk decisions (kernels/decisions.py): tests make
-    decisions from made-up timings, which must never reach a later test, a benchmark or a user."""
+    """No test in this process reads or writes the launcher's on-disk decisions (kernels/decisions.py):
+    tests make decisions from made-up timings, which must never reach a later test, a benchmark or a
+    user. (Tests that start a Python subprocess run it on the CPU, where nothing is decided.)"""
     try:
         from resnet_fast.kernels import decisions
     except ImportError:  # no Triton

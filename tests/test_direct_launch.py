@@ -81,6 +81,7 @@ def interpreted_direct(monkeypatch):
     monkeypatch.setattr(triton_conv, "_s2d_choice", {})
     monkeypatch.setattr(triton_conv, "_s2d_report", {})
     monkeypatch.setattr(triton_conv, "_small_plans", {})
+    monkeypatch.setattr(triton_conv, "_from_disk", set())
     monkeypatch.setattr(triton_conv, "_sm_count", lambda device: 132)
     return triton_conv, direct
 
@@ -399,12 +400,30 @@ def test_a_wave_split_that_fails_falls_back_to_one_launch(interpreted_direct, mo
     assert rel_err(triton_conv.conv2d_bias_act(x, weight, bias, res, [s, s], [p, p], [1, 1], 1, True), ref) < 1e-5
 
 
-def _new_process(triton_conv, store, monkeypatch):
-    """What a new process starts with: no decisions, plans or reports in memory; the store's files."""
+def _new_process(triton_conv, folder, monkeypatch):
+    """What a new process starts with: no decisions, plans or reports in memory; a fresh store on the
+    same folder. Returns the store."""
+    from resnet_fast.kernels import decisions
+
     for name in ("_plans", "_split_choice", "_split_report", "_s2d_choice", "_s2d_report", "_small_plans"):
         monkeypatch.setattr(triton_conv, name, {})
-    store.forget()
+    monkeypatch.setattr(triton_conv, "_from_disk", set())
+    store = decisions.DecisionStore(directory=str(folder), enabled=True)
+    monkeypatch.setattr(decisions, "store", store)
     monkeypatch.setattr(triton_conv, "_quick_bench", lambda fn, quantiles=None: pytest.fail("timed again"))
+    return store
+
+
+def _decision_case(triton_conv, monkeypatch, kind):
+    """A conv made to take the wave split's or the stem's first-call decision in the interpreter:
+    (shape, the choices dict's name)."""
+    if kind == "split":
+        monkeypatch.setattr(triton_conv, "_split_auto", True)
+        monkeypatch.setattr(triton_conv, "wave_split", lambda n, pixels, ocg, k, groups, sms: 2)
+        return (40, 24, 3, 1, 1, 3, 7, 5), "_split_choice"
+    monkeypatch.setattr(triton_conv, "_s2d_auto", True)
+    monkeypatch.setattr(triton_conv, "S2D_MIN_M", 0)
+    return (3, 64, 7, 2, 3, 2, 11, 9), "_s2d_choice"
 
 
 @pytest.mark.interpreter
@@ -417,23 +436,14 @@ def test_a_first_call_decision_is_read_by_the_next_process(interpreted_direct, m
     from resnet_fast.kernels import decisions
 
     triton_conv, direct = interpreted_direct
-    store = decisions.DecisionStore(directory=str(tmp_path), enabled=True)
-    monkeypatch.setattr(decisions, "store", store)
-    if kind == "split":
-        shape = (40, 24, 3, 1, 1, 3, 7, 5)
-        monkeypatch.setattr(triton_conv, "_split_auto", True)
-        monkeypatch.setattr(triton_conv, "wave_split", lambda n, pixels, ocg, k, groups, sms: 2)
-        choices, expected, counted = "_split_choice", (2 if won else 0), (2 if won else 1)
-    else:
-        shape = (3, 64, 7, 2, 3, 2, 11, 9)
-        monkeypatch.setattr(triton_conv, "_s2d_auto", True)
-        monkeypatch.setattr(triton_conv, "S2D_MIN_M", 0)
-        choices, expected, counted = "_s2d_choice", won, 1
+    monkeypatch.setattr(decisions, "store", decisions.DecisionStore(directory=str(tmp_path), enabled=True))
+    shape, choices = _decision_case(triton_conv, monkeypatch, kind)
+    expected, counted = ((2 if won else 0), (2 if won else 1)) if kind == "split" else (won, 1)
     _timed_then_planned(interpreted_direct, monkeypatch, shape, won, False)
     (key,) = getattr(triton_conv, choices)
-    assert len(list(tmp_path.iterdir())) == 1
+    assert [p.name.startswith("decisions-") and p.suffix for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == [".json"]
 
-    _new_process(triton_conv, store, monkeypatch)
+    _new_process(triton_conv, tmp_path, monkeypatch)
     c, oc, k, s, p, n, h, w = shape
     for seed in range(2):
         x, weight, bias, res, ref = _inputs(c, oc, k, s, p, n, h, w, True, seed=seed)  # as _timed_then_planned
@@ -453,21 +463,76 @@ def test_a_stored_decision_this_process_would_not_make_is_timed_again(interprete
     from resnet_fast.kernels import decisions
 
     triton_conv, direct = interpreted_direct
-    store = decisions.DecisionStore(directory=str(tmp_path), enabled=True)
-    monkeypatch.setattr(decisions, "store", store)
-    monkeypatch.setattr(triton_conv, "_split_auto", True)
-    monkeypatch.setattr(triton_conv, "wave_split", lambda n, pixels, ocg, k, groups, sms: 2)
-    shape = (40, 24, 3, 1, 1, 3, 7, 5)
+    monkeypatch.setattr(decisions, "store", decisions.DecisionStore(directory=str(tmp_path), enabled=True))
+    shape, _ = _decision_case(triton_conv, monkeypatch, "split")
     _timed_then_planned(interpreted_direct, monkeypatch, shape, True, False)
-    _new_process(triton_conv, store, monkeypatch)
+    _new_process(triton_conv, tmp_path, monkeypatch)
     monkeypatch.setattr(triton_conv, "wave_split", lambda n, pixels, ocg, k, groups, sms: 1)
     timings = iter([1.0, 1.0])  # a tie: one launch
     monkeypatch.setattr(triton_conv, "_quick_bench", lambda fn, quantiles=None: (fn(), next(timings))[1])
     x, weight, bias, res, ref = _inputs(*shape, True, seed=5)
     assert rel_err(triton_conv.conv2d_bias_act(x, weight, bias, res, [1, 1], [1, 1], [1, 1], 1, True), ref) < 1e-5
     assert next(timings, None) is None and list(triton_conv._split_choice.values()) == [0]
-    store.forget()
-    assert list(store._table(torch.device("cpu")).values()) == [0]  # the new decision replaced the old
+    fresh = decisions.DecisionStore(directory=str(tmp_path), enabled=True)
+    assert list(fresh._table(torch.device("cpu")).values()) == [0]  # the new decision replaced the old
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("in_place", [False, True], ids=["out", "in_place"])
+@pytest.mark.parametrize("kind", ["split", "s2d"])
+def test_a_stored_decision_that_fails_here_falls_back(interpreted_direct, monkeypatch, tmp_path, kind, in_place):
+    """An earlier process's decision for the alternative (two launches, space-to-depth) whose first run
+    here raises (as a compile error would): the call still returns the default path's right result
+    (in place too: the failed run wrote half of y first), with one warning; the alternative is off for
+    the process, and the process saves no more decisions (they would be made without it)."""
+    from resnet_fast.kernels import decisions
+
+    triton_conv, direct = interpreted_direct
+    monkeypatch.setattr(decisions, "store", decisions.DecisionStore(directory=str(tmp_path), enabled=True))
+    shape, choices = _decision_case(triton_conv, monkeypatch, kind)
+    _timed_then_planned(interpreted_direct, monkeypatch, shape, True, False)
+    store = _new_process(triton_conv, tmp_path, monkeypatch)
+    name = "_split_launch" if kind == "split" else "_s2d_conv"
+    original = getattr(triton_conv, name)
+
+    def broken(*args):
+        original(*args)  # y written (half of it for a split), then:
+        args[-2 if kind == "split" else -1].fill_(float("nan"))
+        raise RuntimeError("made-up compile error")
+
+    monkeypatch.setattr(triton_conv, name, broken)
+    c, oc, k, s, p, n, h, w = shape
+    x, weight, bias, res, ref = _inputs(c, oc, k, s, p, n, h, w, True, seed=8)
+    what = "wave split's two launches failed" if kind == "split" else "space-to-depth stem failed"
+    with pytest.warns(UserWarning, match=what):
+        y = triton_conv.conv2d_bias_act(x, weight, bias, res, [s, s], [p, p], [1, 1], 1, True,
+                                        out=res if in_place else None)
+    assert rel_err(y, ref) < 1e-5 and (y.data_ptr() == res.data_ptr()) == in_place
+    assert list(getattr(triton_conv, choices).values()) == [0 if kind == "split" else False]
+    assert not (triton_conv._split_auto if kind == "split" else triton_conv._s2d_auto)
+    store.put("split", ("another",), torch.device("cpu"), 0)  # frozen: not written
+    fresh = decisions.DecisionStore(directory=str(tmp_path), enabled=True)
+    assert fresh.get("split", ("another",), torch.device("cpu")) is decisions.MISSING
+    x, weight, bias, res, ref = _inputs(c, oc, k, s, p, n, h, w, True, seed=9)
+    assert rel_err(triton_conv.conv2d_bias_act(x, weight, bias, res, [s, s], [p, p], [1, 1], 1, True), ref) < 1e-5
+
+
+@pytest.mark.interpreter
+def test_a_failed_timing_saves_nothing(interpreted_direct, monkeypatch, tmp_path):
+    # The alternative raised while being timed: off for the process, and its "one launch" is not a
+    # decision for any other process.
+    from resnet_fast.kernels import decisions
+
+    triton_conv, direct = interpreted_direct
+    monkeypatch.setattr(decisions, "store", decisions.DecisionStore(directory=str(tmp_path), enabled=True))
+    shape, _ = _decision_case(triton_conv, monkeypatch, "split")
+    monkeypatch.setattr(triton_conv, "_split_launch", lambda *args: (_ for _ in ()).throw(RuntimeError("made-up")))
+    c, oc, k, s, p, n, h, w = shape
+    x, weight, bias, res, ref = _inputs(c, oc, k, s, p, n, h, w, True, seed=3)
+    with pytest.warns(UserWarning, match="wave split's two launches failed"):
+        assert rel_err(triton_conv.conv2d_bias_act(x, weight, bias, res, [s, s], [p, p], [1, 1], 1, True), ref) < 1e-5
+    assert list(triton_conv._split_choice.values()) == [0]
+    assert not [p for p in tmp_path.iterdir() if p.suffix == ".json"]
 
 @pytest.mark.interpreter
 @pytest.mark.parametrize("in_place", [False, True], ids=["out", "in_place"])
