@@ -1086,7 +1086,7 @@ def conv2d_bias_act(
     # The TMA kernel for 1x1 stride-1 convs (kernels/conv1x1_tma.py): forced (tma=True, tests),
     # forbidden (False), or by default on a GPU that has it, tuned beside the general kernel on a
     # layer shape's first call and kept only if faster there.
-    want_tma = tma if tma is not None else _tma_auto and m >= conv1x1_tma.MIN_M and not INTERPRET
+    want_tma = tma if tma is not None else _tma_by_default(m)
     tma_possible = (want_tma and split_k == 1 and conv1x1_tma.fits(x, weight, y, residual, groups, gemm_1x1)
                     and conv1x1_tma.available(x))
     if tma and not tma_possible:
@@ -1355,6 +1355,12 @@ _tma_failure: Optional[str] = None  # why it was turned off, for the benchmark r
 # this process has not happened yet (guarded: ``_stored_first_run``), and for the reports.
 _from_disk = set()
 _tma_report = {}  # tuning key -> where a stored choice came from
+
+
+def _tma_by_default(m: int) -> bool:
+    """Whether a 1x1 conv of M output pixels is timed against (or takes) the TMA kernel by default:
+    on a GPU, where tuning runs, from ``conv1x1_tma.MIN_M`` pixels (tests: made to in the interpreter)."""
+    return _tma_auto and m >= conv1x1_tma.MIN_M and not INTERPRET
 
 
 def _decide_tma(general, x, weight, bias, residual, y, relu, bench=None, m_bucket=None):

@@ -518,6 +518,58 @@ def test_a_stored_decision_that_fails_here_falls_back(interpreted_direct, monkey
 
 
 @pytest.mark.interpreter
+@pytest.mark.parametrize("fails", [False, True], ids=["launched", "fails_here"])
+def test_a_stored_tma_choice_is_launched_or_falls_back(interpreted_direct, monkeypatch, tmp_path, fails):
+    """The TMA kernel's win (made-up timings, fp16: the interpreter's TMA path is right in fp16) saved;
+    a new process launches it from the file, without tuning the general kernel, and says so in its
+    report. If that first launch raises, the general kernel's right result comes back, with one
+    warning, the TMA kernel off for the process and no more decisions saved."""
+    from resnet_fast.kernels import conv1x1_tma
+    from resnet_fast.kernels import decisions
+
+    triton_conv, direct = interpreted_direct
+    monkeypatch.setattr(decisions, "store", decisions.DecisionStore(directory=str(tmp_path), enabled=True))
+    monkeypatch.setattr(triton_conv, "_tma_by_default", lambda m: True)
+    monkeypatch.setattr(triton_conv, "_tma_auto", True)
+    monkeypatch.setattr(triton_conv, "_tma_failure", None)
+    monkeypatch.setattr(triton_conv, "_tma_report", {})
+    timings = iter([1.0, 2.0])  # the TMA kernel first: it wins
+    monkeypatch.setattr(triton_conv, "_quick_bench", lambda fn, quantiles=None: (fn(), next(timings))[1])
+    c, oc, n, h, w = 32, 48, 2, 9, 7
+
+    def call(seed, in_place):
+        x, weight, bias, res, ref = _inputs(c, oc, 1, 1, 0, n, h, w, True, seed=seed)
+        x, weight, res = x.half(), weight.half(), res.half()
+        y = triton_conv.conv2d_bias_act(x, weight, bias, res, [1, 1], [0, 0], [1, 1], 1, True,
+                                        out=res if in_place else None)
+        assert rel_err(y.double(), ref) < 3e-3, seed
+        return y
+
+    call(0, False)
+    (key, decided), = triton_conv._tma_choice.items()
+    assert decided and next(timings, None) is None
+
+    store = _new_process(triton_conv, tmp_path, monkeypatch)
+    for name in ("_tma_choice", "_chosen_configs", "_tma_report"):
+        monkeypatch.setattr(triton_conv, name, {})
+    if fails:
+        monkeypatch.setattr(conv1x1_tma, "launch", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("made-up")))
+        with pytest.warns(UserWarning, match="the TMA 1x1 conv kernel failed"):
+            call(1, True)
+        assert triton_conv._tma_choice == {key: False} and not triton_conv._tma_auto and triton_conv._tma_failure
+        store.put("split", ("another",), torch.device("cpu"), 0)  # frozen
+        assert decisions.DecisionStore(directory=str(tmp_path), enabled=True).get(
+            "split", ("another",), torch.device("cpu")) is decisions.MISSING
+        call(2, False)
+    else:
+        for seed in (1, 2, 3):
+            call(seed, seed == 2)
+        assert triton_conv._tma_choice == {key: decided} and not triton_conv._chosen_configs
+        chosen, _ = triton_conv.tuning_state()
+        (report,) = [v for name, v in chosen.items() if name.startswith("tma ")]
+        assert report.startswith("TMA kernel ") and report.endswith("(decided by an earlier process: kernels/decisions.py)")
+
+@pytest.mark.interpreter
 def test_a_failed_timing_saves_nothing(interpreted_direct, monkeypatch, tmp_path):
     # The alternative raised while being timed: off for the process, and its "one launch" is not a
     # decision for any other process.
