@@ -77,6 +77,62 @@ def test_weights_state_sees_what_a_replay_would_miss(change):
     assert weights_state(model) != before
 
 
+@pytest.mark.parametrize("change", ["edit", "to", "assign", "submodule", "buffer_data", "param_data", "clear_folds",
+                                    "half", "parameter", "swap"])
+def test_weights_watch_sees_every_change_and_walks_only_when_the_structure_moved(change, monkeypatch):
+    """The replayer's cheap check (``WeightsWatch``): no change, no walk of the module tree, even after an
+    unrelated model was built (its registrations move the generation once); each change a replay
+    would miss is seen."""
+    from resnet_fast import graphs
+
+    model = _fresh_folds(randomize_bn(resnet_fast.resnet18(), 3).eval())
+    watch = graphs.WeightsWatch(model)
+    walks = []
+    walk = graphs.weights_state
+    monkeypatch.setattr(graphs, "weights_state", lambda m: (walks.append(1), walk(m))[1])
+    assert not watch.changed() and not walks
+    torch.nn.Linear(3, 4)  # another module's registrations: one walk, then fast again
+    assert not watch.changed() and len(walks) == 1
+    assert not watch.changed() and len(walks) == 1
+    _fresh_folds(model)  # forwards reuse the folds: still nothing
+    assert not watch.changed() and len(walks) == 1
+    block = model.layer2[1]
+    with torch.no_grad():
+        if change == "edit":
+            block.bn2.running_var.mul_(2)
+        elif change == "to":  # a no-op .to() moves no storage, but drops every fold cache
+            model.to(torch.float32)
+        elif change == "assign":
+            model.load_state_dict({k: v.clone() for k, v in model.state_dict().items()}, assign=True)
+        elif change == "submodule":
+            model.fc = torch.nn.Linear(512, 1000)
+        elif change == "buffer_data":
+            model.layer1[0].bn1.running_mean = model.layer1[0].bn1.running_mean.clone()
+        elif change == "param_data":  # .data writes bump no version, but a new storage is seen
+            block.conv1.weight.data = block.conv1.weight.data.clone()
+        elif change == "clear_folds":  # what to call after in-place .data edits
+            block.conv1.weight.data.mul_(2)
+            resnet_fast.clear_folds(model)
+        elif change == "half":
+            model.half()
+        elif change == "parameter":
+            block.conv2.weight = torch.nn.Parameter(block.conv2.weight.detach().clone())
+        elif change == "swap":  # same tensor objects, other storage (torch.utils.swap_tensors)
+            torch.utils.swap_tensors(block.bn1.weight, torch.nn.Parameter(block.bn1.weight.detach().clone()))
+    assert watch.changed()
+
+
+def test_weights_watch_on_inference_tensor_weights():
+    from resnet_fast import graphs
+
+    with torch.inference_mode():
+        model = randomize_bn(resnet_fast.resnet18(), 4).eval()
+    watch = graphs.WeightsWatch(model)
+    assert not watch.changed()
+    with torch.inference_mode():
+        model.layer1[0].bn1.running_mean = model.layer1[0].bn1.running_mean.clone()
+    assert watch.changed()
+
 def test_weights_state_takes_inference_tensor_weights():
     from resnet_fast.graphs import weights_state
 
