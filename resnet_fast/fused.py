@@ -12,20 +12,6 @@ from . import ops
 from .ops import allow_prepack, conv2d_bias_act, direct_call_ok, fx_symbolic_tracing, nhwc_strides
 
 _CACHE_ATTR = "_resnet_fast_fold_cache"
-# Moves whenever a fold cache is made or dropped, and (from the first resnet_fast.cuda_graph capture on,
-# through torch's global registration hooks) whenever any module registers a submodule, parameter or
-# buffer: a captured graph's replayer walks the module tree again only when it moved
-# (graphs.WeightsWatch); between moves it compares the tensors' versions and storage alone.
-_generation = [0]
-
-
-def structure_changed(*_args) -> None:
-    """Bump the generation (also the registration hooks' callback: returns None, so changes nothing)."""
-    _generation[0] += 1
-
-
-def structure_generation() -> int:
-    return _generation[0]
 
 
 def _is_frozen_bn(norm: nn.Module) -> bool:
@@ -233,7 +219,6 @@ class FoldCache:
 def fold_cache(module: nn.Module) -> FoldCache:
     cache = module.__dict__.get(_CACHE_ATTR)
     if cache is None:
-        structure_changed()
         cache = module.__dict__.setdefault(_CACHE_ATTR, FoldCache())
     return cache
 
@@ -261,18 +246,17 @@ class FoldCacheMixin:
         return state
 
     def _apply(self, *args, **kwargs):
-        if self.__dict__.pop(_CACHE_ATTR, None) is not None:
-            structure_changed()
+        self.__dict__.pop(_CACHE_ATTR, None)
         return super()._apply(*args, **kwargs)
 
     def train(self, mode: bool = True):
-        if mode and self.__dict__.pop(_CACHE_ATTR, None) is not None:
-            structure_changed()
+        if mode:
+            self.__dict__.pop(_CACHE_ATTR, None)
         return super().train(mode)
 
     def _replicate_for_data_parallel(self):
         replica = super()._replicate_for_data_parallel()
-        replica.__dict__.pop(_CACHE_ATTR, None)  # (a new module: no graph watches it)
+        replica.__dict__.pop(_CACHE_ATTR, None)
         return replica
 
 
@@ -282,7 +266,6 @@ def clear_folds(model: nn.Module) -> nn.Module:
     old-style EMA, weight clipping) or from outside PyTorch. Returns ``model``."""
     for module in model.modules():
         module.__dict__.pop(_CACHE_ATTR, None)
-    structure_changed()
     return model
 
 

@@ -6,13 +6,14 @@ once and replays them with a single call.
 """
 from __future__ import annotations
 
+import operator
 import threading
 from typing import Optional
 
 import torch
 from torch import nn
 
-from resnet_fast.fused import _CACHE_ATTR, structure_changed, structure_generation
+from resnet_fast.fused import _CACHE_ATTR
 
 _capture_state = threading.local()
 
@@ -49,7 +50,7 @@ def weights_state(model: nn.Module) -> list:
     A fresh walk (not a list kept from capture time) also sees a replaced submodule, a parameter
     replaced by ``load_state_dict(assign=True)``, and ``.to()``/``.half()``, which drop the fold
     caches even when no storage moves. ~150 µs for ResNet-50 on one slow CPU core (``WeightsWatch``
-    walks only when the structure moved).
+    checks the same in ~70).
     """
     out = []
     add = out.append
@@ -67,53 +68,46 @@ def weights_state(model: nn.Module) -> list:
     return out
 
 
-_hooks = []
-
-
-def _install_hooks() -> None:
-    """torch's global registration hooks: any module's new or replaced submodule, parameter or buffer
-    (``setattr``, ``register_*``, ``load_state_dict(assign=True)``) moves the structure generation.
-    Installed once, at the first capture; each costs a counter increment per registration."""
-    if not _hooks:
-        from torch.nn.modules import module as torch_module
-
-        _hooks.extend([torch_module.register_module_module_registration_hook(structure_changed),
-                       torch_module.register_module_parameter_registration_hook(structure_changed),
-                       torch_module.register_module_buffer_registration_hook(structure_changed)])
-
-
 class WeightsWatch:
-    """``weights_state`` of a model, compared cheaply. ``changed()`` walks the module tree only when the
-    structure generation moved (a fold cache made or dropped, a registration anywhere); otherwise it
-    compares every parameter's and buffer's version and storage with a list (~30 µs for ResNet-50 on
-    one slow CPU core, against ~150 µs for the walk). An edit that bumps a version, a ``.data`` or
-    ``.to()`` that moves storage, a replaced parameter, buffer or submodule, ``clear_folds`` and
-    ``.to()``'s dropped folds are all seen; edits that bypass ``nn.Module`` (writing its ``_modules`` or
-    ``_parameters`` dicts directly, ``del``) are not."""
+    """``weights_state`` of a model, compared cheaply: what the module tree held at capture (each module's
+    ``__dict__``, and in it the fold cache, every parameter, buffer and submodule, by identity, in
+    order) and every tensor's version and storage, checked in flat C-level passes (~70 µs for
+    ResNet-50 on one slow CPU core, against ~150 µs for ``weights_state``'s walk). A replaced,
+    removed, inserted or None-d parameter, buffer or submodule, a dropped fold cache (``.to()``,
+    ``clear_folds``), an edit that bumps a version and a ``.data``/``.to()`` that moves storage are
+    all seen. Not seen, as by the walk: a tensor re-viewed in place at the same address (``w.data =
+    w.data.transpose(...)``) and a changed BatchNorm ``eps``."""
 
     def __init__(self, model: nn.Module):
-        _install_hooks()
         self.model = model
-        self.reset()
-
-    def reset(self) -> None:
-        self.generation = structure_generation()
-        self.state = weights_state(self.model)
-        tensors = [t for m in self.model.modules() for d in (m._parameters, m._buffers) for t in d.values()
+        self._dicts = [m.__dict__ for m in model.modules()]
+        self._objects = self._current()
+        tensors = [t for d in self._dicts for group in (d["_parameters"], d["_buffers"]) for t in group.values()
                    if t is not None]
         self._tensors = tensors
         self._ptrs = [t.data_ptr() for t in tensors]
         self._versioned = [t for t in tensors if not t.is_inference()]  # (inference tensors have no version)
         self._versions = [t._version for t in self._versioned]
 
+    def _current(self) -> tuple:
+        """(every module's fold cache, parameters, buffers and submodules in order; every module's
+        count of each), the second telling a move between a module's dicts from no change."""
+        objects, counts = [], []
+        for d in self._dicts:
+            p, b, m = d["_parameters"], d["_buffers"], d["_modules"]
+            objects.append(d.get(_CACHE_ATTR))
+            objects.extend(p.values())
+            objects.extend(b.values())
+            objects.extend(m.values())
+            counts.append((len(p), len(b), len(m)))
+        return objects, counts
+
     def changed(self) -> bool:
-        if (structure_generation() == self.generation and [t._version for t in self._versioned] == self._versions
-                and [t.data_ptr() for t in self._tensors] == self._ptrs):
-            return False
-        if weights_state(self.model) != self.state:
+        objects, counts = self._current()
+        kept, kept_counts = self._objects
+        if counts != kept_counts or len(objects) != len(kept) or not all(map(operator.is_, objects, kept)):
             return True
-        self.generation = structure_generation()  # it moved elsewhere (another model, a fresh fold cache)
-        return False
+        return [t._version for t in self._versioned] != self._versions or [t.data_ptr() for t in self._tensors] != self._ptrs
 
 
 def _graph_tensors(model: nn.Module) -> list:
@@ -148,9 +142,8 @@ class CudaGraphModel:
 
     Calling it copies the input into the captured buffer and replays the graph. The returned tensor
     is the graph's own output buffer: the next call overwrites it (``.clone()`` to keep it).
-    Weights are checked on every call (``WeightsWatch``: ~30 µs for ResNet-50 on a slow CPU core, the
-    whole module tree walked again only after a registration or a fold cache change; done while the
-    GPU replays); after an edit, an optimizer step, ``load_state_dict``, ``.to()`` or
+    Weights are checked on every call (``WeightsWatch``: ~70 µs for ResNet-50 on a slow CPU core, done
+    while the GPU replays); after an edit, an optimizer step, ``load_state_dict``, ``.to()`` or
     a replaced submodule the graph is captured again and replayed again, so no call returns an
     output computed from stale folds. ``check_weights=False`` skips the check for frozen models
     (the graph still keeps the tensors it reads alive, so a skipped check gives stale results,

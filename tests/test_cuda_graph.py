@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 
@@ -78,25 +80,24 @@ def test_weights_state_sees_what_a_replay_would_miss(change):
 
 
 @pytest.mark.parametrize("change", ["edit", "to", "assign", "submodule", "buffer_data", "param_data", "clear_folds",
-                                    "half", "parameter", "swap"])
-def test_weights_watch_sees_every_change_and_walks_only_when_the_structure_moved(change, monkeypatch):
-    """The replayer's cheap check (``WeightsWatch``): no change, no walk of the module tree, even after an
-    unrelated model was built (its registrations move the generation once); each change a replay
-    would miss is seen."""
+                                    "half", "parameter", "swap", "del_block", "insert_block", "pop_block", "bias_none",
+                                    "del_fc", "dict_write", "buffer_to_parameter"])
+def test_weights_watch_sees_every_change_a_replay_would_miss(change):
+    """The replayer's per-call check (``WeightsWatch``): nothing after forwards or after another model
+    was built; each change after which a replay would run stale or removed folds is seen, the old
+    walk's (``weights_state``) and those that bypass torch's registration hooks alike. Replacements
+    are built before the watch, so that their own registrations could not be what is seen."""
     from resnet_fast import graphs
 
     model = _fresh_folds(randomize_bn(resnet_fast.resnet18(), 3).eval())
-    watch = graphs.WeightsWatch(model)
-    walks = []
-    walk = graphs.weights_state
-    monkeypatch.setattr(graphs, "weights_state", lambda m: (walks.append(1), walk(m))[1])
-    assert not watch.changed() and not walks
-    torch.nn.Linear(3, 4)  # another module's registrations: one walk, then fast again
-    assert not watch.changed() and len(walks) == 1
-    assert not watch.changed() and len(walks) == 1
-    _fresh_folds(model)  # forwards reuse the folds: still nothing
-    assert not watch.changed() and len(walks) == 1
     block = model.layer2[1]
+    spare_fc, spare_block = torch.nn.Linear(512, 1000), copy.deepcopy(model.layer1[0])
+    spare_param = torch.nn.Parameter(block.conv2.weight.detach().clone())
+    watch = graphs.WeightsWatch(model)
+    assert not watch.changed()
+    torch.nn.Linear(3, 4)
+    _fresh_folds(model)  # forwards reuse the folds
+    assert not watch.changed()
     with torch.no_grad():
         if change == "edit":
             block.bn2.running_var.mul_(2)
@@ -105,7 +106,7 @@ def test_weights_watch_sees_every_change_and_walks_only_when_the_structure_moved
         elif change == "assign":
             model.load_state_dict({k: v.clone() for k, v in model.state_dict().items()}, assign=True)
         elif change == "submodule":
-            model.fc = torch.nn.Linear(512, 1000)
+            model.fc = spare_fc
         elif change == "buffer_data":
             model.layer1[0].bn1.running_mean = model.layer1[0].bn1.running_mean.clone()
         elif change == "param_data":  # .data writes bump no version, but a new storage is seen
@@ -116,10 +117,27 @@ def test_weights_watch_sees_every_change_and_walks_only_when_the_structure_moved
         elif change == "half":
             model.half()
         elif change == "parameter":
-            block.conv2.weight = torch.nn.Parameter(block.conv2.weight.detach().clone())
+            block.conv2.weight = spare_param
         elif change == "swap":  # same tensor objects, other storage (torch.utils.swap_tensors)
             torch.utils.swap_tensors(block.bn1.weight, torch.nn.Parameter(block.bn1.weight.detach().clone()))
+        elif change == "del_block":  # Sequential.__delitem__: delattr, no registration hook
+            del model.layer1[1]
+        elif change == "insert_block":
+            model.layer1.insert(1, spare_block) if hasattr(model.layer1, "insert") else model.layer1.append(spare_block)
+        elif change == "pop_block":
+            model.layer4.pop(1)
+        elif change == "bias_none":  # register_parameter(name, None) fires no hook
+            model.fc.bias = None
+        elif change == "del_fc":
+            del model.fc
+        elif change == "dict_write":  # torch.func's NamedMemberAccessor writes _parameters directly
+            block.conv2._parameters["weight"] = spare_param
+        elif change == "buffer_to_parameter":  # the same tensor moved between a module's dicts
+            bn = block.bn1
+            w = bn._parameters.pop("weight")
+            bn._buffers["weight"] = w
     assert watch.changed()
+    assert watch.changed()  # (it says so until the replayer captures again: a new watch)
 
 
 def test_weights_watch_on_inference_tensor_weights():
