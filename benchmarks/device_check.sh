@@ -19,17 +19,8 @@
 # T_MEMCHECK_MODEL, T_RACECHECK. The device tool gives a machine back after ~30 s idle: issue this
 # right after device_run.sh returns, or it starts a fresh machine (minutes, and a cold Triton cache).
 set -u
-OUTDIR=${1:-${OUT:-}}
-[ "$OUTDIR" = "--dry-run" ] && OUTDIR=${OUT:-/tmp/device_check}
-[ -n "$OUTDIR" ] || { echo "usage: device_check.sh OUTDIR [--dry-run] (or set OUT)" >&2; exit 2; }
-DRY=0
-for a in "$@"; do [ "$a" = "--dry-run" ] && DRY=1; done
 . "$(dirname "$0")/steps.sh"
-suite_env "$OUTDIR"
-STATUS="$OUT/check-steps.tsv"
-: > "$STATUS"
-START=$(date +%s)
-DEADLINE=$(( START + ${CHECK_BUDGET:-260} ))
+second_command_init device_check check-steps.tsv "${CHECK_BUDGET:-260}" "$@"
 
 find_tool() {  # on PATH, else where CUDA and Nsight Compute install it
   command -v "$1" 2>/dev/null && return 0
@@ -41,13 +32,7 @@ SAN=$(find_tool compute-sanitizer); SAN=${SAN:-compute-sanitizer}
 NCU=$(find_tool ncu); NCU=${NCU:-ncu}
 
 # On a fresh machine (the suite's one went back): build the extension first, as the suite does.
-COLD=0
-if [ "$DRY" = 1 ] || ! ls "$ROOT"/resnet_fast/_C*.so > /dev/null 2>&1; then
-  COLD=1
-  step install "${T_INSTALL:-75}" $PY -m pip install --no-deps --no-build-isolation -e .
-  # Still none: no JIT build in every step (gpu_suite.sh does the same).
-  [ "$DRY" = 0 ] && ! ls "$ROOT"/resnet_fast/_C*.so > /dev/null 2>&1 && export RESNET_FAST_EXTENSION=none
-fi
+install_if_cold
 
 WORKLOAD="$PY benchmarks/memcheck_workload.py --device cuda"
 # API errors off: CUDA libraries probe entry points (cuGetProcAddress) and count as errors otherwise;
@@ -77,11 +62,7 @@ step racecheck "${T_RACECHECK:-30}" env RESNET_FAST_AUTOTUNE=0 \
   echo
   echo "Total: $(( $(date +%s) - START )) s at $(git rev-parse --short HEAD 2>/dev/null). compute-sanitizer: \`$SAN\`; ncu: \`$NCU\`"
   echo
-  echo "| step | exit | seconds | command |"
-  echo "|---|---|---|---|"
-  while IFS=$'\t' read -r name rc dt cmd; do
-    echo "| $name | $rc | $dt | \`${cmd:0:140}\` |"
-  done < "$STATUS"
+  steps_table 140
   if [ "$DRY" = 0 ]; then
     echo
     [ "$COLD" = 1 ] && echo "COLD MACHINE: the extension was built here, Triton compiled and tuned from scratch." && echo

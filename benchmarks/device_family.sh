@@ -15,25 +15,11 @@
 # torchvision channels_last). Each new conv shape tunes on its first call (~2-5 s on a warm Triton
 # cache's neighbours), so the budget goes mostly to tuning.
 set -u
-OUTDIR=${1:-${OUT:-}}
-[ "$OUTDIR" = "--dry-run" ] && OUTDIR=${OUT:-/tmp/device_family}
-[ -n "$OUTDIR" ] || { echo "usage: device_family.sh OUTDIR [--dry-run] (or set OUT)" >&2; exit 2; }
-DRY=0
-for a in "$@"; do [ "$a" = "--dry-run" ] && DRY=1; done
 . "$(dirname "$0")/steps.sh"
-suite_env "$OUTDIR"
-STATUS="$OUT/family-steps.tsv"
-: > "$STATUS"
-START=$(date +%s)
-DEADLINE=$(( START + ${FAMILY_BUDGET:-260} ))
+second_command_init device_family family-steps.tsv "${FAMILY_BUDGET:-260}" "$@"
 MODELS=${FAMILY_MODELS:-resnext50_32x4d,resnet18,wide_resnet50_2,resnet101,resnet34,resnext101_32x8d,resnet152,wide_resnet101_2,resnext101_64x4d}
 
-COLD=0
-if [ "$DRY" = 1 ] || ! ls "$ROOT"/resnet_fast/_C*.so > /dev/null 2>&1; then
-  COLD=1
-  step install "${T_INSTALL:-75}" $PY -m pip install --no-deps --no-build-isolation -e .
-  [ "$DRY" = 0 ] && ! ls "$ROOT"/resnet_fast/_C*.so > /dev/null 2>&1 && export RESNET_FAST_EXTENSION=none
-fi
+install_if_cold
 # Leaves ~15 s for the summary below.
 LEFT=$(( DEADLINE - $(date +%s) - 15 ))
 step family "$LEFT" $PY benchmarks/bench_model.py --device cuda --models "$MODELS" --batch-sizes "${FAMILY_BATCHES:-256}" \
@@ -44,11 +30,7 @@ step family "$LEFT" $PY benchmarks/bench_model.py --device cuda --models "$MODEL
   echo
   echo "Total: $(( $(date +%s) - START )) s at $(git rev-parse --short HEAD 2>/dev/null)"
   echo
-  echo "| step | exit | seconds | command |"
-  echo "|---|---|---|---|"
-  while IFS=$'\t' read -r name rc dt cmd; do
-    echo "| $name | $rc | $dt | \`${cmd:0:140}\` |"
-  done < "$STATUS"
+  steps_table 140
   if [ "$DRY" = 0 ]; then
     echo
     [ "$COLD" = 1 ] && echo "COLD MACHINE: the extension was built here, Triton compiled and tuned from scratch." && echo

@@ -69,11 +69,7 @@ step model_fp16   "${T_MODEL_FP16:-150}" $PY benchmarks/bench_model.py --device 
   echo
   echo "Total: $(( $(date +%s) - START )) s. Command: \`bash benchmarks/gpu_suite.sh $*\` at $(git rev-parse --short HEAD 2>/dev/null)"
   echo
-  echo "| step | exit | seconds | command |"
-  echo "|---|---|---|---|"
-  while IFS=$'\t' read -r name rc dt cmd; do
-    echo "| $name | $rc | $dt | \`${cmd:0:120}\` |"
-  done < "$STATUS"
+  steps_table 120
   echo
   if [ "$DRY" = 0 ]; then
     echo "Device: $(cat "$OUT/device.log" 2>/dev/null | head -n 1)"

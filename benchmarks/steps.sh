@@ -1,5 +1,5 @@
-# What gpu_suite.sh and device_check.sh share (sourced, not run): their environment and the
-# time-bounded step runner.
+# What gpu_suite.sh, device_check.sh and device_family.sh share (sourced, not run): their
+# environment, the time-bounded step runner, the second commands' set-up, the steps table.
 
 # suite_env OUTDIR: the repository root as working directory; OUT, the absolute OUTDIR (created); PY,
 # the interpreter that holds torch (the lent machines have python3 and may have no plain python);
@@ -65,4 +65,46 @@ tma_canary_gate() {
     export RESNET_FAST_TMA=0
     echo "tma_canary exit $rc: a one-tile TMA config failed; later steps run with RESNET_FAST_TMA=0" | tee "$OUT/no-tma.log"
   fi
+}
+
+# second_command_init NAME STATUS_FILE BUDGET_S "$@": a second command's set-up on a lent machine
+# (device_check.sh, device_family.sh): OUTDIR from its first argument or $OUT, --dry-run anywhere
+# (DRY), suite_env, an empty STATUS, START and DEADLINE (BUDGET_S from now).
+second_command_init() {
+  local name=$1 status=$2 budget=$3
+  shift 3
+  OUTDIR=${1:-${OUT:-}}
+  [ "$OUTDIR" = "--dry-run" ] && OUTDIR=${OUT:-/tmp/$name}
+  [ -n "$OUTDIR" ] || { echo "usage: $name.sh OUTDIR [--dry-run] (or set OUT)" >&2; exit 2; }
+  DRY=0
+  local a
+  for a in "$@"; do [ "$a" = "--dry-run" ] && DRY=1; done
+  suite_env "$OUTDIR"
+  STATUS="$OUT/$status"
+  : > "$STATUS"
+  START=$(date +%s)
+  DEADLINE=$(( START + budget ))
+}
+
+# install_if_cold: on a fresh machine (the suite's one went back) or in a dry run, the install step,
+# as the suite runs it; still no extension: RESNET_FAST_EXTENSION=none for every later step (no JIT
+# build in each). Sets COLD.
+install_if_cold() {
+  COLD=0
+  if [ "$DRY" = 1 ] || ! ls "$ROOT"/resnet_fast/_C*.so > /dev/null 2>&1; then
+    COLD=1
+    step install "${T_INSTALL:-75}" $PY -m pip install --no-deps --no-build-isolation -e .
+    [ "$DRY" = 0 ] && ! ls "$ROOT"/resnet_fast/_C*.so > /dev/null 2>&1 && export RESNET_FAST_EXTENSION=none
+  fi
+  return 0
+}
+
+# steps_table WIDTH: STATUS as a markdown table, each command cut at WIDTH characters.
+steps_table() {
+  echo "| step | exit | seconds | command |"
+  echo "|---|---|---|---|"
+  local name rc dt cmd
+  while IFS=$'\t' read -r name rc dt cmd; do
+    echo "| $name | $rc | $dt | \`${cmd:0:$1}\` |"
+  done < "$STATUS"
 }
