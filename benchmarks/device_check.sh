@@ -58,14 +58,8 @@ step racecheck "${T_RACECHECK:-30}" env RESNET_FAST_AUTOTUNE=0 \
   $SAN --tool racecheck $SAN_COMMON --print-limit 20 $WORKLOAD --sections convs --quick
 
 {
-  echo "# device_check $( [ "$DRY" = 1 ] && echo '(dry run)' ) $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-  echo
-  echo "Total: $(( $(date +%s) - START )) s at $(git rev-parse --short HEAD 2>/dev/null). compute-sanitizer: \`$SAN\`; ncu: \`$NCU\`"
-  echo
-  steps_table 140
+  summary_head device_check "compute-sanitizer: \`$SAN\`; ncu: \`$NCU\`"
   if [ "$DRY" = 0 ]; then
-    echo
-    [ "$COLD" = 1 ] && echo "COLD MACHINE: the extension was built here, Triton compiled and tuned from scratch." && echo
     echo "Exit 99: the sanitizer found errors; 1: a wrong result or a Python error; 124/137: out of time; 127: tool missing."
     echo "memcheck has reported false errors at wgmma instructions, and racecheck flags asynchronous-copy handoffs: read those before believing them."
     echo

@@ -26,14 +26,8 @@ step family "$LEFT" $PY benchmarks/bench_model.py --device cuda --models "$MODEL
   --dtype bfloat16 --skip-providers resnet_fast_torch_backend,resnet_fast_graph --iters 10 --warmup 3 --budget 1 \
   --json "$OUT/family-bf16.json" --markdown "$OUT/family-bf16.md"
 {
-  echo "# device_family $( [ "$DRY" = 1 ] && echo '(dry run)' ) $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-  echo
-  echo "Total: $(( $(date +%s) - START )) s at $(git rev-parse --short HEAD 2>/dev/null)"
-  echo
-  steps_table 140
+  summary_head device_family
   if [ "$DRY" = 0 ]; then
-    echo
-    [ "$COLD" = 1 ] && echo "COLD MACHINE: the extension was built here, Triton compiled and tuned from scratch." && echo
     $PY benchmarks/targets.py --family "$OUT/family-bf16.json" 2>&1
     echo
     cat "$OUT/family-bf16.md" 2>/dev/null

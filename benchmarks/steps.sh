@@ -108,3 +108,18 @@ steps_table() {
     echo "| $name | $rc | $dt | \`${cmd:0:$1}\` |"
   done < "$STATUS"
 }
+
+# summary_head NAME [NOTE]: a second command's summary header: title, total time, commit (and NOTE),
+# the steps table, and on a real run the cold-machine line.
+summary_head() {
+  echo "# $1 $( [ "$DRY" = 1 ] && echo '(dry run)' ) $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo
+  echo "Total: $(( $(date +%s) - START )) s at $(git rev-parse --short HEAD 2>/dev/null)${2:+. $2}"
+  echo
+  steps_table 140
+  if [ "$DRY" = 0 ]; then
+    echo
+    [ "$COLD" = 1 ] && echo "COLD MACHINE: the extension was built here, Triton compiled and tuned from scratch." && echo
+  fi
+  return 0
+}
