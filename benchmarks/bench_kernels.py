@@ -22,23 +22,29 @@ COLUMNS = ["kernel", "shape", "provider", "median_ms", "tflops", "gbps", "fracti
            "max_abs_err", "back_to_back_ms", "host_ms", "graph_ms"]
 
 
-def resnet50_convs():
-    """Every distinct ResNet-50 conv at 224x224 with the epilogue the model gives it.
+def model_convs(model: str = "resnet50"):
+    """Every distinct conv of a torchvision ResNet-family model at 224x224, with the epilogue the model
+    gives it: the block's last conv (conv3 of a Bottleneck, conv2 of a BasicBlock) adds the shortcut,
+    the projection shortcut has no ReLU.
 
-    (label, C, OC, kernel, stride, padding, H_in, residual, relu)
+    (label, C, OC, kernel, stride, padding, H_in, residual, relu, groups)
     """
     import torchvision
 
-    m = torchvision.models.resnet50()
-    found, hooks = [], []
+    m = getattr(torchvision.models, model)()
+    last = {}  # block name -> the name of its last conv
+    for name, mod in m.named_modules():
+        if type(mod).__name__ in ("Bottleneck", "BasicBlock"):
+            last[name] = f"{name}.conv3" if type(mod).__name__ == "Bottleneck" else f"{name}.conv2"
+    closing = set(last.values())
+    found = []
     for name, mod in m.named_modules():
         if isinstance(mod, torch.nn.Conv2d):
             def hook(mod, inputs, output, name=name):
-                residual = name.endswith("conv3")  # the epilogue that adds the shortcut
-                relu = not name.endswith("downsample.0")
                 found.append((name, mod.in_channels, mod.out_channels, mod.kernel_size[0], mod.stride[0],
-                              mod.padding[0], inputs[0].shape[-1], residual, relu))
-            hooks.append(mod.register_forward_hook(hook))
+                              mod.padding[0], inputs[0].shape[-1], name in closing, not name.endswith("downsample.0"),
+                              mod.groups))
+            mod.register_forward_hook(hook)
     with torch.no_grad():
         m(torch.randn(1, 3, 224, 224))
     distinct, seen = [], set()
@@ -47,6 +53,12 @@ def resnet50_convs():
             seen.add(row[1:])
             distinct.append(row)
     return distinct
+
+
+
+def conv_list(args):
+    """The convs --only conv times: ``args.model``'s, or its grouped ones alone (``--grouped-only``)."""
+    return [row for row in model_convs(args.model) if row[9] > 1 or not args.grouped_only]
 
 
 def peak_tflops(device, dtype) -> float:
@@ -152,17 +164,17 @@ def bench_conv(args, rows, header, prog):
         # The launcher's first-call decisions (TMA or not, wave splits) timed here, not read from an
         # earlier process's file: the rows report what the timing finds (and the file gets it).
         decisions.store.reading = False
-    for label, c, oc, k, s, p, h, res, relu in resnet50_convs():
+    for label, c, oc, k, s, p, h, res, relu, g in conv_list(args):
         n = args.batch
         oh = (h + 2 * p - k) // s + 1
         x = torch.randn(n, c, h, h, device=args.device, dtype=dtype).contiguous(memory_format=torch.channels_last)
-        w = (torch.randn(oc, c, k, k, device=args.device) / (c * k * k) ** 0.5).to(dtype)
+        w = (torch.randn(oc, c // g, k, k, device=args.device) / (c // g * k * k) ** 0.5).to(dtype)
         w_cl = w.contiguous(memory_format=torch.channels_last)
         w_oc = to_oc_last(w)
         bias = torch.randn(oc, device=args.device)
         bias_t = bias.to(dtype)
         r = torch.randn(n, oc, oh, oh, device=args.device, dtype=dtype).contiguous(memory_format=torch.channels_last) if res else None
-        flops = 2 * n * oh * oh * oc * c * k * k
+        flops = 2 * n * oh * oh * oc * (c // g) * k * k
         # The layout the model's fold would give this weight on this device and dtype.
         weight_for_op = w_oc if weight_layout(x.device, dtype) == "oc_last" else w_cl
 
@@ -173,10 +185,10 @@ def bench_conv(args, rows, header, prog):
 
         def fused(i):
             return resnet_fast.ops.conv2d_bias_act(xs[i % count], weight_for_op, bias, rs[i % count], [s, s], [p, p],
-                                                   [1, 1], 1, relu)
+                                                   [1, 1], g, relu)
 
         def unfused(i):
-            y = F.conv2d(xs[i % count], w_cl, None, s, p)
+            y = F.conv2d(xs[i % count], w_cl, None, s, p, 1, g)
             y += bias_t.view(1, -1, 1, 1)
             if res:
                 y += rs[i % count]
@@ -187,13 +199,13 @@ def bench_conv(args, rows, header, prog):
             if res:
                 def cudnn(i):
                     return torch.cudnn_convolution_add_relu(xs[i % count], w_cl, rs[i % count], 1.0, bias_t, [s, s], [p, p],
-                                                            [1, 1], 1)
+                                                            [1, 1], g)
             elif relu:
                 def cudnn(i):
-                    return torch.cudnn_convolution_relu(xs[i % count], w_cl, bias_t, [s, s], [p, p], [1, 1], 1)
+                    return torch.cudnn_convolution_relu(xs[i % count], w_cl, bias_t, [s, s], [p, p], [1, 1], g)
             else:
                 def cudnn(i):
-                    return F.conv2d(xs[i % count], w_cl, bias_t, s, p)
+                    return F.conv2d(xs[i % count], w_cl, bias_t, s, p, 1, g)
             providers.insert(1, ("cudnn fused (conv_relu / conv_add_relu)", cudnn))
             from resnet_fast.kernels import conv as triton_conv
             from resnet_fast.kernels import conv1x1_tma
@@ -202,24 +214,24 @@ def bench_conv(args, rows, header, prog):
                 """A diagnostic row: the launcher with one of its automatic choices forced."""
                 def fn(i):
                     return triton_conv.conv2d_bias_act(xs[i % count], weight_for_op, bias, rs[i % count], [s, s], [p, p],
-                                                       [1, 1], 1, relu, **forced)
+                                                       [1, 1], g, relu, **forced)
                 providers.append((name, fn))
 
-            if k == 1 and s == 1 and dtype != torch.float32 and conv1x1_tma.available(x):
+            if k == 1 and s == 1 and g == 1 and dtype != torch.float32 and conv1x1_tma.available(x):
                 # Each 1x1 kernel forced, beside the automatic choice (which kernel wins the tuning
                 # timing can differ from run to run).
                 launcher_row("resnet_fast launcher, general kernel forced", tma=False)
                 launcher_row("resnet_fast launcher, TMA kernel forced", tma=True)
-            if triton_conv.wave_split(n, oh * oh, oc, c * k * k, 1, triton_conv._sm_count(x.device)):
+            if triton_conv.wave_split(n, oh * oh, oc // g, c // g * k * k, g, triton_conv._sm_count(x.device)):
                 # A shape the launcher may run as two launches (kernels/conv.py wave_split): one launch
                 # beside it, whichever the timing on the first call kept.
                 launcher_row("resnet_fast launcher, one launch forced", batch_split=0)
-            if triton_conv.s2d_fits(c, oc, 1, k, k, [s, s], [1, 1]) and n * oh * oh >= triton_conv.S2D_MIN_M:
+            if triton_conv.s2d_fits(c // g, oc // g, g, k, k, [s, s], [1, 1]) and n * oh * oh >= triton_conv.S2D_MIN_M:
                 # The stem: both paths forced (the launcher runs the 4-channel one unless RESNET_FAST_S2D=1).
                 launcher_row("resnet_fast launcher, 4-channel stem forced", s2d=False)
                 launcher_row("resnet_fast launcher, space-to-depth stem forced", s2d=True)
         ref = unfused(0).float()
-        shape_name = f"{label} {c}->{oc} k{k} s{s} {h}x{h} n{n}" + (" +res" if res else "")
+        shape_name = f"{label} {c}->{oc} k{k} s{s} {h}x{h} n{n}" + (f" g{g}" if g > 1 else "") + (" +res" if res else "")
         # First calls (tuning, errors) for every provider, then the timing rounds, interleaved.
         ready, first = {}, {}
         for provider, fn in providers:
@@ -306,6 +318,9 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None)
     p.add_argument("--only", default="add_relu,max_pool,conv", help="comma list: add_relu, max_pool, conv")
     p.add_argument("--batch", type=int, default=None, help="default: 256 on CUDA, 4 on the CPU")
+    p.add_argument("--model", default="resnet50", help="whose distinct convs --only conv times: any torchvision "
+                   "ResNet-family factory (resnext50_32x4d: the grouped 3x3s)")
+    p.add_argument("--grouped-only", action="store_true", help="only the model's grouped convs (ResNeXt)")
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--budget", type=float, default=5.0, help="seconds of timing per provider, shape and round, at most")
     p.add_argument("--rounds", type=int, default=None,
@@ -324,17 +339,22 @@ def main(argv=None) -> int:
         p.error(f"--rounds: expected a positive count, got {args.rounds}")
     if args.threads:
         torch.set_num_threads(args.threads)
+    family = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "resnext101_32x8d",
+              "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2")
+    if args.model not in family:
+        p.error(f"--model: expected one of {', '.join(family)}, got {args.model!r}")
     only = set(args.only.split(","))
     unknown = only - {"add_relu", "max_pool", "conv"}
     if unknown:
         p.error(f"--only: expected some of add_relu, max_pool, conv, got {', '.join(sorted(unknown))}")
     header = common.environment(args.device)
-    header.update({"device": args.device, "dtype": args.dtype, "batch": args.batch, "benchmark": "bench_kernels"})
+    header.update({"device": args.device, "dtype": args.dtype, "batch": args.batch, "benchmark": "bench_kernels",
+                   "model": args.model})
     # What a complete run has, so that targets.py can tell a step cut short from a complete one.
     header["planned"] = {"add_relu": 4 if "add_relu" in only else 0,
-                         "conv_shapes": len(resnet50_convs()) if "conv" in only else 0}
+                         "conv_shapes": len(conv_list(args)) if "conv" in only else 0}
     rows = []
-    total = (4 if "add_relu" in only else 0) + ("max_pool" in only) + (len(resnet50_convs()) if "conv" in only else 0)
+    total = (4 if "add_relu" in only else 0) + ("max_pool" in only) + (len(conv_list(args)) if "conv" in only else 0)
     prog = common.Progress(total, "bench_kernels")
     if "add_relu" in only:
         bench_add_relu(args, rows, header, prog)

@@ -298,6 +298,27 @@ def test_bench_kernels_conv_smoke(tmp_path):
     assert data["planned"] == {"add_relu": 0, "conv_shapes": len({r["shape"] for r in data["rows"]})}
 
 
+def test_bench_kernels_takes_any_family_models_convs(tmp_path):
+    # ResNeXt's grouped 3x3s (timed against grouped cuDNN convs), BasicBlock's residual on conv2.
+    kernels = _bench_module("bench_kernels")
+    basic = {row[0]: row for row in kernels.model_convs("resnet18")}
+    assert basic["layer1.0.conv2"][7] and not basic["layer1.0.conv1"][7] and not basic["layer2.0.downsample.0"][8]
+    bottleneck = {row[0]: row for row in kernels.model_convs("resnet50")}
+    assert bottleneck["layer1.0.conv3"][7] and not bottleneck["layer1.0.conv2"][7] and len(bottleneck) == 24
+    data = _bench_kernels_cpu(tmp_path / "k.json", "--only", "conv", "--model", "resnext50_32x4d", "--iters", "1",
+                              "--budget", "0.05")
+    grouped = [r for r in data["rows"] if r["provider"] == "resnet_fast fused" and " g32" in r["shape"]]
+    assert data["model"] == "resnext50_32x4d" and len(grouped) >= 4, [r["shape"] for r in data["rows"]]
+    assert data["planned"]["conv_shapes"] > len(grouped)
+    only = _bench_kernels_cpu(tmp_path / "g.json", "--only", "conv", "--model", "resnext50_32x4d", "--grouped-only",
+                              "--iters", "1", "--budget", "0.05")
+    shapes = {r["shape"] for r in only["rows"]}
+    assert shapes == {r["shape"] for r in grouped} and only["planned"]["conv_shapes"] == len(shapes)
+    assert all(r["max_rel_err"] < 1e-4 for r in data["rows"] if "max_rel_err" in r)
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_kernels.py"), "--device", "cpu",
+                           "--only", "conv", "--model", "alexnet"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--model: expected one of resnet18" in proc.stderr
+
 def test_device_check_dry_run_lists_its_steps(tmp_path):
     proc = subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "device_check.sh"), str(tmp_path / "out"), "--dry-run"],
                           capture_output=True, text=True, timeout=60)
@@ -314,7 +335,8 @@ def test_device_family_dry_run_lists_its_steps(tmp_path):
                           capture_output=True, text=True, timeout=60, env={**os.environ, "FAMILY_MODELS": "resnet18,resnext50_32x4d"})
     assert proc.returncode == 0, proc.stderr
     steps = [line.split()[0] for line in proc.stdout.splitlines() if line and not line.startswith(("#", "|", "Total"))]
-    assert steps == ["install", "family"], proc.stdout
+    assert steps == ["install", "family", "kernels_resnext"], proc.stdout
+    assert "--model resnext50_32x4d --grouped-only" in proc.stdout
     assert "--models resnet18,resnext50_32x4d --batch-sizes 256 --dtype bfloat16" in proc.stdout
     assert "| family | dry-run |" in (out / "family-summary.md").read_text()
     assert len(list(out.iterdir())) <= 8  # what the device tool brings back
