@@ -84,6 +84,9 @@ step model_fp16   "${T_MODEL_FP16:-150}" $PY benchmarks/bench_model.py --device 
     # The thread-pool precompile has never run on a GPU before: say if it fell back.
     grep -h "parallel Triton compile unavailable" "$OUT"/*.log 2>/dev/null | head -n 2
     echo
+    # The launcher's first-call decisions the steps saved (kernels/decisions.py): what later processes ran.
+    echo "Decisions on disk: $($PY -c 'from resnet_fast.kernels import decisions; print(decisions.describe())' 2>&1 | head -n 5)"
+    echo
     echo "## Targets"
     echo
     $PY benchmarks/targets.py "$OUT" 2>&1

@@ -133,14 +133,18 @@ class DecisionStore:
         warnings.warn(f"resnet_fast: the conv launcher's decisions are not kept on disk in this process ({why})")
 
     @staticmethod
-    def _read(path: str) -> dict:
+    def _read_file(path: str) -> dict:
         try:
             with open(path) as f:
                 data = json.load(f)
-            table = data.get("decisions") if isinstance(data, dict) else None
-            return dict(table) if isinstance(table, dict) else {}
+            return data if isinstance(data, dict) else {}
         except (OSError, ValueError):  # none yet, unreadable, or half-written by a crashed process
             return {}
+
+    @staticmethod
+    def _read(path: str) -> dict:
+        table = DecisionStore._read_file(path).get("decisions")
+        return dict(table) if isinstance(table, dict) else {}
 
     def get(self, kind: str, key, device: torch.device) -> Any:
         """The stored decision, or MISSING."""
@@ -204,6 +208,34 @@ class DecisionStore:
         with self._lock:
             self._tables.clear()
             self._own.clear()
+
+
+def describe(directory: Optional[str] = None) -> str:
+    """One line per decisions file in ``directory`` (default: the store's): its device and, per kind,
+    how many decisions took the alternative and how many the default (benchmark summaries)."""
+    folder = directory or store.directory()
+    try:
+        names = sorted(n for n in os.listdir(folder) if n.startswith("decisions-") and n.endswith(".json"))
+    except OSError:
+        names = []
+    lines = []
+    for name in names:
+        data = DecisionStore._read_file(os.path.join(folder, name))
+        kinds = {}
+        for text, value in (data.get("decisions") or {}).items():
+            try:
+                kind = json.loads(text)[0]
+            except (ValueError, IndexError, TypeError):
+                continue
+            taken, default = kinds.get(kind, (0, 0))
+            kinds[kind] = (taken + 1, default) if value else (taken, default + 1)
+        words = {"tma": ("TMA kernel", "general kernel"), "split": ("two launches", "one launch"),
+                 "s2d": ("space-to-depth", "4-channel stem")}
+        counts = "; ".join(f"{kind}: {t} {words.get(kind, ('alternative', 'default'))[0]}, "
+                           f"{d} {words.get(kind, ('alternative', 'default'))[1]}" for kind, (t, d) in sorted(kinds.items()))
+        device = (data.get("identity") or {}).get("device", "?")
+        lines.append(f"{name} ({device}): {counts or 'empty'}")
+    return "\n".join(lines) if lines else f"no decisions on disk in {folder}"
 
 
 store = DecisionStore()

@@ -195,3 +195,16 @@ def test_only_a_decision_this_process_could_make_is_taken(tmp_path, monkeypatch,
         assert got == value and choices == {TMA_KEY: value} and reports[TMA_KEY].startswith("described (decided by")
     else:
         assert got is None and not choices and not reports
+
+
+def test_describe_counts_each_kind(tmp_path):
+    assert decisions.describe(str(tmp_path / "none")).startswith("no decisions on disk in ")
+    store = _store(tmp_path)
+    store.put("tma", TMA_KEY, CPU, {"BLOCK_M": 128})
+    store.put("tma", TMA_KEY[:-1] + (torch.float16,), CPU, False)
+    store.put("split", SPLIT_KEY, CPU, 172)
+    (tmp_path / "decisions" / "decisions-broken.json").write_text("{")
+    lines = decisions.describe(str(tmp_path / "decisions")).splitlines()
+    assert len(lines) == 2 and "decisions-broken.json (?): empty" in lines
+    (line,) = [ln for ln in lines if "broken" not in ln]
+    assert line.endswith("(cpu): split: 1 two launches, 0 one launch; tma: 1 TMA kernel, 1 general kernel"), line
