@@ -43,43 +43,17 @@ def capture_counters() -> Optional[CaptureCounters]:
     return getattr(_capture_state, "counters", None)
 
 
-def weights_state(model: nn.Module) -> list:
-    """What a captured forward depends on besides its input, read fresh from the module tree: every
-    parameter's and buffer's identity, storage and version, and the identity of every fold cache.
-
-    A fresh walk (not a list kept from capture time) also sees a replaced submodule, a parameter
-    replaced by ``load_state_dict(assign=True)``, and ``.to()``/``.half()``, which drop the fold
-    caches even when no storage moves. ~150 µs for ResNet-50 on one slow CPU core (``WeightsWatch``
-    checks the same in ~70).
-    """
-    out = []
-    add = out.append
-    stack = [model]
-    while stack:
-        d = stack.pop().__dict__
-        add(id(d.get(_CACHE_ATTR)))
-        for tensors in (d["_parameters"], d["_buffers"]):
-            for t in tensors.values():
-                if t is not None:
-                    # Inference tensors have no version counter: identity and storage only (their
-                    # folds are not cached, so the graph recomputes them on every replay).
-                    add((id(t), t.data_ptr(), -1 if t.is_inference() else t._version))
-        stack.extend(m for m in d["_modules"].values() if m is not None)
-    return out
-
-
 class WeightsWatch:
-    """``weights_state`` of a model, compared cheaply: what the module tree held at capture (each module's
-    ``__dict__``, and in it the fold cache, every parameter, buffer and submodule, by identity, in
-    order) and every tensor's version and storage, checked in flat C-level passes (~70 µs for
-    ResNet-50 on one slow CPU core, against ~150 µs for ``weights_state``'s walk). A replaced,
-    removed, inserted or None-d parameter, buffer or submodule, a dropped fold cache (``.to()``,
-    ``clear_folds``), an edit that bumps a version and a ``.data``/``.to()`` that moves storage are
-    all seen. Not seen, as by the walk: a tensor re-viewed in place at the same address (``w.data =
-    w.data.transpose(...)``) and a changed BatchNorm ``eps``."""
+    """What a captured forward depends on besides its input, compared with what it was at capture: the
+    module tree (each module's ``__dict__``, and in it the fold cache, every parameter, buffer and
+    submodule, by identity, in order) and every tensor's version and storage, checked in flat C-level
+    passes (~80 µs for ResNet-50 on one slow CPU core, against ~150 µs for the recursive walk of
+    every module that it replaced). A replaced, removed, inserted or None-d parameter, buffer or
+    submodule, a dropped fold cache (``.to()``, ``clear_folds``), an edit that bumps a version and a
+    ``.data``/``.to()`` that moves storage are all seen. Not seen: a tensor re-viewed in place at the
+    same address (``w.data = w.data.transpose(...)``) and a changed BatchNorm ``eps``."""
 
     def __init__(self, model: nn.Module):
-        self.model = model
         self._dicts = [m.__dict__ for m in model.modules()]
         self._objects = self._current()
         tensors = [t for d in self._dicts for group in (d["_parameters"], d["_buffers"]) for t in group.values()
