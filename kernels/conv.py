@@ -1351,8 +1351,9 @@ _tma_forced = {}
 # and under RESNET_FAST_AUTOTUNE=0 (no timing runs).
 _tma_auto = os.environ.get("RESNET_FAST_AUTOTUNE", "1") != "0"
 _tma_failure: Optional[str] = None  # why it was turned off, for the benchmark reports
-# (kind, key) of decisions read from an earlier process's file (kernels/decisions.py) whose first run in
-# this process has not happened yet (guarded: ``_stored_first_run``), and for the reports.
+# (kind, key) of decisions for the alternative (TMA, two launches, space-to-depth) read from an earlier
+# process's file (kernels/decisions.py) whose first run in this process has not happened yet (guarded:
+# ``_stored_first_run``).
 _from_disk = set()
 _tma_report = {}  # tuning key -> where a stored choice came from
 
@@ -1531,7 +1532,8 @@ def _stored_decision(kind, key, device, allowed, choices, reports=None, describe
     if value is decisions.MISSING or value is None or not any(value == a and type(value) is type(a) for a in allowed):
         return None
     choices[key] = value
-    _from_disk.add((kind, key))
+    if value:  # (the default path needs no guarded first run)
+        _from_disk.add((kind, key))
     if reports is not None:
         reports[key] = f"{describe(value)} (decided by an earlier process: kernels/decisions.py)"
     return value
