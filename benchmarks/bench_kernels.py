@@ -150,7 +150,7 @@ def bench_max_pool(args, rows, header, prog):
     prog.step("max_pool2d")
 
 
-def bench_conv(args, rows, header, prog):
+def bench_conv(args, convs, rows, header, prog):
     import resnet_fast
     from resnet_fast.fused import to_oc_last, weight_layout
 
@@ -164,7 +164,7 @@ def bench_conv(args, rows, header, prog):
         # The launcher's first-call decisions (TMA or not, wave splits) timed here, not read from an
         # earlier process's file: the rows report what the timing finds (and the file gets it).
         decisions.store.reading = False
-    for label, c, oc, k, s, p, h, res, relu, g in conv_list(args):
+    for label, c, oc, k, s, p, h, res, relu, g in convs:
         n = args.batch
         oh = (h + 2 * p - k) // s + 1
         x = torch.randn(n, c, h, h, device=args.device, dtype=dtype).contiguous(memory_format=torch.channels_last)
@@ -350,18 +350,19 @@ def main(argv=None) -> int:
     header = common.environment(args.device)
     header.update({"device": args.device, "dtype": args.dtype, "batch": args.batch, "benchmark": "bench_kernels",
                    "model": args.model})
+    convs = conv_list(args) if "conv" in only else []  # (each call builds the model and runs a forward)
     # What a complete run has, so that targets.py can tell a step cut short from a complete one.
     header["planned"] = {"add_relu": 4 if "add_relu" in only else 0,
-                         "conv_shapes": len(conv_list(args)) if "conv" in only else 0}
+                         "conv_shapes": len(convs)}
     rows = []
-    total = (4 if "add_relu" in only else 0) + ("max_pool" in only) + (len(conv_list(args)) if "conv" in only else 0)
+    total = (4 if "add_relu" in only else 0) + ("max_pool" in only) + len(convs)
     prog = common.Progress(total, "bench_kernels")
     if "add_relu" in only:
         bench_add_relu(args, rows, header, prog)
     if "max_pool" in only:
         bench_max_pool(args, rows, header, prog)
     if "conv" in only:
-        bench_conv(args, rows, header, prog)
+        bench_conv(args, convs, rows, header, prog)
     print("\n" + report(args, header, rows))
     return 0
 
